@@ -1,0 +1,3 @@
+"""queuectl: a job queue for shell commands on a maildir-style spool."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,403 @@
+"""The command line. Errors map to exit codes in one place, main(): 1 operational, 2 bad input.
+
+Commands import what they need inside their bodies: `enqueue` must not pay for the worker, watchdog
+or filelock.
+"""
+
+import json
+import sys
+
+import click
+
+from queuectl.errors import BadInput, QueuectlError
+
+
+def _spool(ctx):
+    from queuectl.spool import Spool
+
+    return Spool(ctx.obj["root"]).ensure()
+
+
+def _emit_json(data):
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", "root", metavar="DIR", envvar="QUEUECTL_SPOOL", help="Spool folder [env QUEUECTL_SPOOL; default $XDG_DATA_HOME/queuectl].")
+@click.version_option(package_name="queuectl", message="queuectl %(version)s")
+@click.pass_context
+def cli(ctx, root):
+    """A job queue for shell commands on a plain-file spool: no server needed.
+
+    \b
+    Example:
+      queuectl enqueue '{"command": "echo hello"}'
+      queuectl worker start --burst
+      queuectl status
+    """
+    from queuectl.spool import default_root
+
+    ctx.obj = {"root": root or default_root()}
+
+
+@cli.command()
+@click.pass_context
+def init(ctx):
+    """Create the spool folders (other commands do it on first use).
+
+    \b
+    Example:
+      queuectl --spool /var/spool/myjobs init
+    """
+    click.echo(_spool(ctx).root)
+
+
+@cli.command()
+@click.argument("job")
+@click.pass_context
+def enqueue(ctx, job):
+    """Add a job (a JSON object), or JSON Lines from stdin with '-'; prints the id.
+
+    \b
+    Example:
+      queuectl enqueue '{"id": "backup-1", "command": "tar czf /tmp/b.tgz ~/docs", "max_retries": 5}'
+      printf '%s\\n' '{"command": "true"}' '{"command": "false"}' | queuectl enqueue -
+    """
+    from queuectl import job as jobdoc
+    from queuectl.settings import load
+    from queuectl.timeutil import now
+
+    spool = _spool(ctx)
+    max_retries = load(spool.config_path)["max-retries"]
+    if job != "-":
+        accepted = jobdoc.accept(jobdoc.parse_text(job), now(), max_retries)
+        result = spool.enqueue([accepted])[0]
+        if isinstance(result, QueuectlError):
+            raise result
+        click.echo(result)
+        return 0
+    return _enqueue_lines(spool, sys.stdin, max_retries)
+
+
+def _enqueue_lines(spool, stream, max_retries, batch_size=1000):
+    from queuectl import job as jobdoc
+    from queuectl.errors import JobInvalid
+    from queuectl.timeutil import now
+
+    status = 0
+    batch = []
+
+    def flush():
+        nonlocal status
+        results = spool.enqueue([acc for _, acc in batch])
+        out = []
+        for (lineno, _), result in zip(batch, results):
+            if isinstance(result, QueuectlError):
+                click.echo(f"queuectl: line {lineno}: {result}", err=True)
+                status = max(status, result.exit_code)
+            else:
+                out.append(result)
+        if out:
+            sys.stdout.write("\n".join(out) + "\n")
+            sys.stdout.flush()
+        batch.clear()
+
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            batch.append((lineno, jobdoc.accept(jobdoc.parse_text(line), now(), max_retries)))
+        except JobInvalid as e:
+            click.echo(f"queuectl: line {lineno}: {e}", err=True)
+            status = 2
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()
+    return status
+
+
+@cli.group()
+def worker():
+    """Start or stop worker processes.
+
+    \b
+    Example:
+      queuectl worker start --count 4 --detach
+      queuectl worker stop
+    """
+
+
+@worker.command("start")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 1024), help="Number of worker processes.")
+@click.option("--burst", is_flag=True, help="Exit once no job is due and none is running.")
+@click.option("--detach", is_flag=True, help="Run in the background; return once every worker is registered.")
+@click.pass_context
+def worker_start(ctx, count, burst, detach):
+    """Run COUNT workers until SIGINT/SIGTERM or `worker stop`.
+
+    \b
+    Example:
+      queuectl worker start --count 4          # foreground; Ctrl-C stops after the current jobs
+      queuectl worker start --burst            # run what is due, then exit
+    """
+    from queuectl import pool
+
+    return pool.start(_spool(ctx), count, burst=burst, detach=detach)
+
+
+@worker.command("stop")
+@click.pass_context
+def worker_stop(ctx):
+    """Let every worker of this spool on this host finish its job and exit; wait for them.
+
+    \b
+    Example:
+      queuectl worker stop
+    """
+    from queuectl import pool
+
+    n = pool.stop(_spool(ctx))
+    click.echo(f"queuectl: {n} worker(s) stopped" if n else "queuectl: no workers running", err=True)
+    return 0
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx, as_json):
+    """Counts of jobs in each state, and the live workers.
+
+    \b
+    Example:
+      queuectl status --json
+    """
+    from queuectl import views
+
+    data = views.status(_spool(ctx))
+    if as_json:
+        _emit_json(data)
+        return 0
+    for state, n in data["counts"].items():
+        click.echo(f"{state:<11} {n}")
+    click.echo(f"workers     {len(data['workers'])}")
+    for w in data["workers"]:
+        click.echo(f"  {w['id']}  pid {w['pid']}  host {w['host']}  job {w['job'] or '-'}")
+    return 0
+
+
+@cli.command("list")
+@click.option("--state", type=click.Choice(["pending", "processing", "completed", "failed", "dead", "rejected"]), help="Only jobs in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
+@click.option("--limit", type=click.IntRange(0), help="At most this many jobs.")
+@click.pass_context
+def list_(ctx, state, as_json, limit):
+    """Jobs, oldest first.
+
+    \b
+    Example:
+      queuectl list --state failed --limit 20
+    """
+    from queuectl import views
+
+    items = views.listing(_spool(ctx), state, limit)
+    if as_json:
+        _emit_json(items)
+    else:
+        _print_table(items)
+    return 0
+
+
+def _print_table(items):
+    for j in items:
+        if j["state"] == "rejected":
+            click.echo(f"{j['name']!r:<40} rejected   {j['reason'] or ''}")
+            continue
+        err = j.get("last_error") or ""
+        click.echo(f"{j['id']:<28} {j['state']:<10} attempts {j.get('attempts', 0)}/{1 + j.get('max_retries', 0)}  {j['command'][:40]!r}  {err[:60]}".rstrip())
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.pass_context
+def show(ctx, job_id):
+    """A job's JSON, with the history of its attempts.
+
+    \b
+    Example:
+      queuectl show backup-1
+    """
+    from queuectl import views
+
+    _emit_json(views.show(_spool(ctx), job_id))
+    return 0
+
+
+@cli.command()
+@click.argument("job_id", metavar="ID")
+@click.pass_context
+def logs(ctx, job_id):
+    """The captured stdout and stderr of a job's latest attempt.
+
+    \b
+    Example:
+      queuectl logs backup-1
+    """
+    from queuectl import views
+
+    data = views.read_log(views.latest_log(_spool(ctx), job_id))
+    if data is None:
+        click.echo(f"queuectl: job {job_id} has no output yet", err=True)
+        return 0
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+@cli.group()
+def dlq():
+    """The dead-letter queue: jobs that failed every attempt.
+
+    \b
+    Example:
+      queuectl dlq list
+      queuectl dlq retry --all
+    """
+
+
+@dlq.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
+@click.pass_context
+def dlq_list(ctx, as_json):
+    """The dead jobs, oldest first.
+
+    \b
+    Example:
+      queuectl dlq list --json
+    """
+    from queuectl import views
+
+    items = views.listing(_spool(ctx), "dead")
+    if as_json:
+        _emit_json(items)
+    else:
+        _print_table(items)
+    return 0
+
+
+@dlq.command("retry")
+@click.argument("ids", nargs=-1, metavar="ID...")
+@click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
+@click.pass_context
+def dlq_retry(ctx, ids, all_):
+    """Move dead jobs back to pending with attempts reset to 0.
+
+    \b
+    Example:
+      queuectl dlq retry backup-1
+      queuectl dlq retry --all
+    """
+    from queuectl import dlq as dlqmod
+
+    if not ids and not all_:
+        raise BadInput("name the jobs to retry, or use --all")
+    spool = _spool(ctx)
+    retried, errors = dlqmod.retry(spool, ids, all_)
+    for job_id in retried:
+        click.echo(job_id)
+    for e in errors:
+        click.echo(f"queuectl: {e}", err=True)
+    return 1 if errors else 0
+
+
+@cli.group()
+def config():
+    """Read and change settings; running workers pick up changes without a restart.
+
+    \b
+    Example:
+      queuectl config set max-retries 5
+      queuectl config get backoff-base
+    """
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def config_set(ctx, key, value):
+    """Set KEY to VALUE.
+
+    \b
+    Example:
+      queuectl config set backoff-base 3
+    """
+    from queuectl import settings
+
+    settings.set_value(_spool(ctx).config_path, key, value)
+    return 0
+
+
+@config.command("get")
+@click.argument("key")
+@click.pass_context
+def config_get(ctx, key):
+    """Print the value of KEY.
+
+    \b
+    Example:
+      queuectl config get max-retries
+    """
+    from queuectl import settings
+
+    click.echo(settings.get(_spool(ctx).config_path, key))
+    return 0
+
+
+@config.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
+@click.pass_context
+def config_list(ctx, as_json):
+    """Every setting with its value.
+
+    \b
+    Example:
+      queuectl config list --json
+    """
+    from queuectl import settings
+
+    values = settings.load(_spool(ctx).config_path)
+    if as_json:
+        _emit_json(values)
+        return 0
+    for s in settings.TABLE:
+        click.echo(f"{s.key:<18} {values[s.key]!s:<10} {s.help} (default {s.default})")
+    return 0
+
+
+def main(argv=None):
+    """Run the CLI; the only place where errors become exit codes and one-line messages."""
+    try:
+        rv = cli.main(args=argv, prog_name="queuectl", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("queuectl: aborted", err=True)
+        sys.exit(1)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "queuectl"
+        click.echo(f"{where}: {e.format_message()} (see {where} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"queuectl: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except QueuectlError as e:
+        click.echo(f"queuectl: {e}", err=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        click.echo(f"queuectl: {e.strerror or e}{where}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,63 @@
+"""The worker's in-memory order of pending jobs, so that a claim never lists pending/.
+
+Fed by a full scan at start (and now and then), and by watchdog events in between. Entries are
+removed lazily: a name another worker claimed first is dropped when our rename fails.
+"""
+
+import heapq
+
+
+class DueIndex:
+    def __init__(self):
+        self._keys = {}  # name -> sort key, for names we know are (or were) in pending/
+        self._scheduled = []  # heap of (not_before, key): not yet due
+        self._ready = []  # heap of key = (-priority, not_before, created_at, name): due
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __contains__(self, name):
+        return name in self._keys
+
+    def add(self, name, priority, not_before, created_at):
+        if name in self._keys:
+            return
+        key = (-priority, not_before, created_at, name)
+        self._keys[name] = key
+        heapq.heappush(self._scheduled, (not_before, key))
+
+    def discard(self, name):
+        self._keys.pop(name, None)
+
+    def retain(self, names):
+        """Forget every name not in NAMES (after a full scan)."""
+        for name in [n for n in self._keys if n not in names]:
+            del self._keys[name]
+
+    def _promote(self, now):
+        while self._scheduled and self._scheduled[0][0] <= now:
+            _, key = heapq.heappop(self._scheduled)
+            if self._keys.get(key[3]) == key:
+                heapq.heappush(self._ready, key)
+
+    def pop_due(self, now):
+        """The name of the best due job (priority, then not-before, then age), or None."""
+        self._promote(now)
+        while self._ready:
+            key = heapq.heappop(self._ready)
+            if self._keys.get(key[3]) == key:
+                del self._keys[key[3]]
+                return key[3]
+        return None
+
+    def next_due(self):
+        """When the earliest scheduled job becomes due (epoch seconds), or None."""
+        while self._scheduled and self._keys.get(self._scheduled[0][1][3]) != self._scheduled[0][1]:
+            heapq.heappop(self._scheduled)
+        return self._scheduled[0][0] if self._scheduled else None
+
+    def has_due(self, now):
+        self._promote(now)
+        while self._ready and self._keys.get(self._ready[0][3]) != self._ready[0]:
+            heapq.heappop(self._ready)
+        return bool(self._ready)

@@ -1,0 +1,99 @@
+"""Intake: what a worker does with a file it finds in pending/.
+
+A job queuectl accepted (canonical name, valid, carrying its token) goes into the due index. A
+drop-in is adopted: claimed, validated, given its id and queuectl's fields, renamed to its
+canonical name. Anything that is not a valid job is moved to rejected/ with the reason.
+"""
+
+import os
+
+from queuectl import job as jobdoc
+from queuectl import spool as sp
+from queuectl.errors import JobInvalid
+
+
+def unsafe_name(name):
+    """Why NAME cannot be a job file name, or None."""
+    if name.startswith("."):
+        return "hidden file name"
+    if any(ord(c) < 32 or ord(c) == 127 or 0xDC80 <= ord(c) <= 0xDCFF for c in name):
+        return "file name with control characters or bytes that are not UTF-8"
+    return None
+
+
+def adoption_identity(name, doc, st):
+    """(id, token) of a drop-in: the same for the same file, so an interrupted adoption resumes."""
+    token = f"a{st.st_ino:x}.{st.st_mtime_ns:x}"
+    job_id = doc.get("id") or sp.dropin_id(name)
+    if not job_id:
+        ms, digits = st.st_mtime_ns // 1_000_000, ""
+        while ms:
+            ms, r = divmod(ms, 36)
+            digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        job_id = f"{digits}-{st.st_ino:x}"
+    return job_id, token
+
+
+class Intake:
+    def __init__(self, spool, index, settings, log):
+        self.spool = spool
+        self.index = index
+        self.settings = settings
+        self.log = log
+
+    def scan(self, now):
+        """Read pending/ in full: the start, and a safety net for missed events."""
+        names = self.spool.listdir("pending")
+        self.index.retain(set(names))
+        for name in names:
+            self.consider(name, now)
+
+    def consider(self, name, now):
+        if name in self.index:
+            return
+        nb, job_id = sp.parse_pending(name)
+        if nb is not None:
+            try:
+                doc = self.spool.read("pending", name, self.settings["max-job-bytes"])
+            except FileNotFoundError:
+                return  # claimed by someone else meanwhile
+            except (JobInvalid, OSError):
+                doc = None
+            if doc is not None and doc.get("token") and doc.get("id") == job_id:
+                self.index.add(name, doc.get("priority") or 0, nb, doc.get("created_at") or "")
+                return
+        self.adopt(name, now)
+
+    def adopt(self, name, now):
+        cname = self.spool.claim_for_adoption(name)
+        if cname is None:
+            return
+        why = unsafe_name(name)
+        if why:
+            return self.reject(cname, name, why, now)
+        try:
+            doc = self.spool.read("processing", cname, self.settings["max-job-bytes"])
+            st = os.lstat(self.spool.path("processing", cname))
+        except JobInvalid as e:
+            return self.reject(cname, name, str(e), now)
+        except FileNotFoundError:
+            return
+        job_id, token = adoption_identity(name, doc, st)
+        if not jobdoc.valid_id(job_id):
+            return self.reject(cname, name, f"bad id {job_id!r}", now)
+        if not self.spool.reserve_id(job_id, token) and self.spool.reservation(job_id) != token:
+            return self.reject(cname, name, f"duplicate id {job_id!r}: a job with that id already exists", now)
+        doc.pop("token", None)
+        job, nb = jobdoc.accept(doc, now, self.settings["max-retries"], job_id=job_id, token=token)
+        if not doc.get("id") and sp.dropin_id(name) is None:
+            job["original_name"] = name
+        if not doc.get("run_at"):
+            name_nb = sp.parse_pending(name)[0]
+            nb = name_nb if name_nb is not None else now
+        folder, new_name = self.spool.settle(cname, job, nb)
+        self.index.add(new_name, job["priority"], nb, job["created_at"])
+        self.log(f"adopted {name!r} as job {job_id}")
+
+    def reject(self, cname, name, reason, now):
+        kept = self.spool.reject(cname, name, reason, now)
+        self.log(f"rejected {name!r} (kept as rejected/{kept!r}): {reason}")

@@ -1,0 +1,214 @@
+"""`worker start` and `worker stop`: a supervisor process and its N forked workers.
+
+Each worker runs in its own process group, so a Ctrl-C in the terminal reaches only the
+supervisor, which passes it on as exactly one SIGTERM per worker: one Ctrl-C is one graceful stop,
+a second one stops the jobs too. A worker that dies of anything but a stop request is replaced.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+from queuectl.errors import QueuectlError
+from queuectl.procs import is_alive_here, on_this_host, split_worker_id
+
+RESTART_LIMIT = 10  # replacements within RESTART_WINDOW seconds before the supervisor gives up
+RESTART_WINDOW = 60.0
+
+
+def _fork_worker(spool, burst, ready_w, stats_w):
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.setpgid(0, 0)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        from queuectl.worker import Worker
+
+        code = Worker(spool, burst=burst, ready_fd=ready_w, stats_fd=stats_w).run()
+    except BaseException as e:  # a worker must never fall back into the supervisor's code
+        try:
+            sys.stderr.write(f"queuectl worker {os.getpid()}: crashed: {e!r}\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+    finally:
+        os._exit(code)
+
+
+class Supervisor:
+    def __init__(self, spool, count, burst):
+        self.spool = spool
+        self.count = count
+        self.burst = burst
+        self.children = {}  # pid -> True while it runs
+        self.stopping = 0
+        self.totals = {"completed": 0, "failed": 0, "dead": 0}
+        self.restarts = []
+
+    def _on_signal(self, signum, frame):
+        self.stopping += 1
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self, ready_w=None):
+        """Start the workers and supervise them until all have exited; returns the exit status."""
+        self.stats_r, stats_w = os.pipe()
+        os.set_blocking(self.stats_r, False)
+        ready_r, child_ready_w = os.pipe()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self._stats_w = stats_w
+        for _ in range(self.count):
+            self._start(child_ready_w)
+        os.close(child_ready_w)
+        got = _read_n(ready_r, self.count, deadline=time.monotonic() + 30)
+        os.close(ready_r)
+        if ready_w is not None:
+            os.write(ready_w, b"r" * got)
+            os.close(ready_w)
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            self.children.pop(pid, None)
+            self._collect_stats()
+            if os.WIFSIGNALED(status) and not self.stopping:
+                self._replace(pid, status)
+        os.close(stats_w)
+        self._collect_stats()
+        t = self.totals
+        print(f"queuectl: workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead", file=sys.stderr)
+        return 0
+
+    def _start(self, ready_w):
+        pid = _fork_worker(self.spool, self.burst, ready_w, self._stats_w)
+        self.children[pid] = True
+
+    def _replace(self, pid, status):
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+        sig = os.WTERMSIG(status)
+        if len(self.restarts) > RESTART_LIMIT:
+            print(f"queuectl: worker {pid} died (signal {sig}); too many restarts, not replacing it", file=sys.stderr)
+            return
+        print(f"queuectl: worker {pid} died (signal {sig}); starting a replacement", file=sys.stderr)
+        r, w = os.pipe()
+        self._start(w)
+        os.close(w)
+        os.close(r)
+
+    def _collect_stats(self):
+        data = b""
+        try:
+            while True:
+                chunk = os.read(self.stats_r, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        except BlockingIOError:
+            pass
+        for line in data.splitlines():
+            try:
+                for k, v in json.loads(line).items():
+                    self.totals[k] = self.totals.get(k, 0) + v
+            except ValueError:
+                pass
+
+
+def _read_n(fd, n, deadline):
+    import select
+
+    got = 0
+    while got < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            r, _, _ = select.select([fd], [], [], left)
+        except InterruptedError:
+            continue
+        if not r:
+            break
+        chunk = os.read(fd, n - got)
+        if not chunk:
+            break
+        got += len(chunk)
+    return got
+
+
+def start(spool, count, burst=False, detach=False):
+    """Run COUNT workers in the foreground, or in the background with DETACH."""
+    spool.ensure()
+    if not detach:
+        return Supervisor(spool, count, burst).run()
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the detached supervisor: its own session, output to SPOOL/worker.log
+        os.close(ready_r)
+        try:
+            os.setsid()
+            _redirect_output(spool.worker_log)
+            code = Supervisor(spool, count, burst).run(ready_w)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(ready_w)
+    got = _read_n(ready_r, count, deadline=time.monotonic() + 60)
+    os.close(ready_r)
+    if got < count:
+        raise QueuectlError(f"only {got} of {count} workers started; see {spool.root}/worker.log")
+    print(f"queuectl: {count} worker(s) running in the background (supervisor pid {pid}); log: {spool.root}/worker.log", file=sys.stderr)
+    return 0
+
+
+def _redirect_output(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+def local_workers(spool):
+    """[(worker id, pid)] of the live workers of this spool on this host."""
+    out = []
+    for wid in spool.worker_ids():
+        if not on_this_host(wid):
+            continue
+        _, pid, start = split_worker_id(wid)
+        if is_alive_here(pid, start):
+            out.append((wid, pid))
+    return out
+
+
+def stop(spool, poll=0.05):
+    """Ask every worker of this spool on this host to finish its job and exit; wait until they have."""
+    workers = local_workers(spool)
+    if not workers:
+        return 0
+    for _, pid in workers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    remaining = dict(workers)
+    while remaining:
+        for wid in list(remaining):
+            _, pid, start = split_worker_id(wid)
+            if not is_alive_here(pid, start):
+                del remaining[wid]
+        if remaining:
+            time.sleep(poll)
+    return len(workers)

@@ -1,0 +1,522 @@
+"""The spool protocol: every path, name and rename in the spool lives here (see spool_layout.md).
+
+Other modules ask this one; none of them joins a spool path or renames a spool file itself.
+"""
+
+import errno
+import os
+import re
+import stat
+
+from queuectl import job as jobdoc
+from queuectl.errors import DuplicateId, JobInvalid, NotFound, SpoolError
+from queuectl.job import ID_PATTERN
+from queuectl.procs import worker_id
+from queuectl.timeutil import iso, parse_stamp, stamp
+
+DIRS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
+FINAL_DIR = {"completed": "done", "dead": "dead"}
+
+_WORKER = r"[A-Za-z0-9.-]+\.\d+\.\d+"
+PENDING_RE = re.compile(r"(\d{8}T\d{6}(?:\.\d{1,6})?Z)_(" + ID_PATTERN + r")\.json\Z")
+CLAIM_RE = re.compile(r"(" + ID_PATTERN + r")@(" + _WORKER + r")\.json\Z")
+ADOPT_RE = re.compile(r"(.+)@(" + _WORKER + r")\.adopt\Z", re.S)
+FINAL_RE = re.compile(r"(" + ID_PATTERN + r")\.json\Z")
+LOG_RE = re.compile(r"(" + ID_PATTERN + r")\.(\d+)\.log\Z")
+TMP_RE = re.compile(r"qc-(" + _WORKER + r")-[0-9a-f]+\.(enqueue|write)\Z")
+REASON_SUFFIX = ".reason"
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+# -- names: one function formats each kind, one parses it ------------------------------------
+
+
+def pending_name(not_before, job_id):
+    return f"{stamp(not_before)}_{job_id}.json"
+
+
+def parse_pending(name):
+    """A pending/ name -> (not_before or None, id). (None, None) for a drop-in's free-form name."""
+    m = PENDING_RE.match(name)
+    if not m:
+        return None, None
+    try:
+        return parse_stamp(m.group(1)), m.group(2)
+    except ValueError:
+        return None, None
+
+
+def claim_name(job_id, wid):
+    return f"{job_id}@{wid}.json"
+
+
+def adopt_name(original, wid):
+    return f"{original}@{wid}.adopt"
+
+
+def parse_claim(name):
+    """A processing/ name -> (kind, key, worker id) with kind 'job' or 'adopt'; None if neither."""
+    m = CLAIM_RE.match(name)
+    if m:
+        return "job", m.group(1), m.group(2)
+    m = ADOPT_RE.match(name)
+    if m:
+        return "adopt", m.group(1), m.group(2)
+    return None
+
+
+def final_name(job_id):
+    return f"{job_id}.json"
+
+
+def log_name(job_id, seq):
+    return f"{job_id}.{seq}.log"
+
+
+def dropin_id(name):
+    """The id a drop-in named NAME gets when it has no id field: its stem if valid, else None."""
+    nb, pid = parse_pending(name)
+    if pid:
+        return pid
+    stem = name[:-5] if name.endswith(".json") else name
+    return stem if jobdoc.valid_id(stem) else None
+
+
+# -- low-level file operations ----------------------------------------------------------------
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path, data, mode=0o600, sync=True):
+    """Create PATH (never following a planted symlink) holding DATA; fsync when asked."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)
+        raise
+    os.close(fd)
+
+
+def write_atomic(path, data):
+    """Replace PATH with DATA: write beside it, fsync, rename, fsync the folder."""
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    write_file(tmp, data)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def read_regular(path, max_bytes):
+    """The bytes of a regular file, refusing anything else without blocking or following links.
+
+    Raises JobInvalid (not a job file), FileNotFoundError (gone: someone else moved it).
+    """
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise JobInvalid(f"not a regular file ({_kind(st.st_mode)})")
+    if st.st_size > max_bytes:
+        raise JobInvalid(f"file is {st.st_size} bytes, over the max-job-bytes limit of {max_bytes}")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise JobInvalid("not a regular file (symlink)") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise JobInvalid(f"not a regular file ({_kind(st.st_mode)})")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise JobInvalid(f"file is over the max-job-bytes limit of {max_bytes}")
+    return data
+
+
+def _kind(mode):
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _os_error(action, e):
+    return SpoolError(f"{action}: {e.strerror or e} ({e.filename or ''})".replace(" ()", ""))
+
+
+# -- the spool --------------------------------------------------------------------------------
+
+
+def default_root():
+    env = os.environ.get("QUEUECTL_SPOOL")
+    if env:
+        return env
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "queuectl")
+
+
+class Spool:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.config_path = os.path.join(self.root, "config.json")
+        self.worker_log = os.path.join(self.root, "worker.log")
+        self._wid = None
+
+    @property
+    def wid(self):
+        """This process's worker id (host.pid.start); recomputed after a fork."""
+        if self._wid is None or self._wid_pid != os.getpid():
+            self._wid, self._wid_pid = worker_id(), os.getpid()
+        return self._wid
+
+    def dir(self, name):
+        return os.path.join(self.root, name)
+
+    def path(self, folder, name):
+        return os.path.join(self.root, folder, name)
+
+    def ensure(self, mode=0o700):
+        """Create the spool and its folders if missing. Raises SpoolError."""
+        try:
+            os.makedirs(self.root, mode=mode, exist_ok=True)
+            for d in DIRS:
+                try:
+                    os.mkdir(self.dir(d), mode)
+                except FileExistsError:
+                    if not os.path.isdir(self.dir(d)):
+                        raise SpoolError(f"{self.dir(d)} exists and is not a folder") from None
+        except OSError as e:
+            raise _os_error(f"cannot create spool {self.root}", e) from None
+        return self
+
+    def _tmp_path(self, purpose):
+        return self.path("tmp", f"qc-{self.wid}-{os.urandom(6).hex()}.{purpose}")
+
+    def _commit(self, data, folder, name, purpose="write"):
+        """Write DATA to tmp/, fsync, rename to FOLDER/NAME, fsync FOLDER: the commit point."""
+        tmp = self._tmp_path(purpose)
+        write_file(tmp, data)
+        try:
+            os.rename(tmp, self.path(folder, name))
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        fsync_dir(self.dir(folder))
+
+    # -- enqueue ------------------------------------------------------------------------------
+
+    def reserve_id(self, job_id, token):
+        """Create ids/ID exclusively, holding TOKEN. False if the id is taken."""
+        try:
+            write_file(self.path("ids", job_id), token.encode(), sync=False)
+        except FileExistsError:
+            return False
+        return True
+
+    def reservation(self, job_id):
+        try:
+            with open(self.path("ids", job_id), "rb") as f:
+                return f.read().decode("ascii", "replace")
+        except FileNotFoundError:
+            return None
+
+    def enqueue(self, accepted):
+        """Store accepted jobs [(job, not_before)]: one fsync batch for all.
+
+        Returns a list with, per job, its id or the QueuectlError that refused it.
+        """
+        written, results = [], []
+        try:
+            for job, nb in accepted:
+                tmp = self._tmp_path("enqueue")
+                write_file(tmp, jobdoc.dumps(job), sync=False)
+                written.append((tmp, job, nb))
+            for tmp, _, _ in written:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for tmp, job, nb in written:
+                if not self.reserve_id(job["id"], job["token"]):
+                    _unlink_quiet(tmp)
+                    results.append(DuplicateId(f"a job with id {job['id']!r} already exists"))
+                    continue
+                os.rename(tmp, self.path("pending", pending_name(nb, job["id"])))
+                results.append(job["id"])
+            if any(isinstance(r, str) for r in results):
+                fsync_dir(self.dir("ids"))
+                fsync_dir(self.dir("pending"))
+        except OSError as e:
+            for tmp, job, _ in written[len(results) :]:
+                if os.path.exists(tmp):
+                    _unlink_quiet(tmp)
+                    if self.reservation(job["id"]) == job["token"]:
+                        _unlink_quiet(self.path("ids", job["id"]))
+            raise _os_error("cannot store the job", e) from None
+        return results
+
+    # -- reading job files --------------------------------------------------------------------
+
+    def read(self, folder, name, max_bytes=1 << 20):
+        """Parse and validate FOLDER/NAME. Raises JobInvalid, FileNotFoundError."""
+        return jobdoc.validate(jobdoc.parse_bytes(read_regular(self.path(folder, name), max_bytes)))
+
+    def listdir(self, folder):
+        try:
+            return os.listdir(self.dir(folder))
+        except FileNotFoundError:
+            return []
+
+    # -- claims -------------------------------------------------------------------------------
+
+    def claim(self, name, job_id, holder=None):
+        """Rename pending/NAME into processing/ for HOLDER (default: this process).
+
+        Returns the claim name, or None when another process won the rename.
+        """
+        cname = claim_name(job_id, holder or self.wid)
+        try:
+            os.rename(self.path("pending", name), self.path("processing", cname))
+        except FileNotFoundError:
+            return None
+        return cname
+
+    def claim_for_adoption(self, name):
+        cname = adopt_name(name, self.wid)
+        try:
+            os.rename(self.path("pending", name), self.path("processing", cname))
+        except FileNotFoundError:
+            return None
+        return cname
+
+    def claim_final(self, folder, job_id):
+        """Claim done/ID.json or dead/ID.json for a CLI command; None if it is not there."""
+        cname = claim_name(job_id, self.wid)
+        try:
+            os.rename(self.path(folder, final_name(job_id)), self.path("processing", cname))
+        except FileNotFoundError:
+            return None
+        return cname
+
+    def claims(self):
+        """[(name, kind, key, worker id)] for every claim in processing/."""
+        out = []
+        for name in self.listdir("processing"):
+            parsed = parse_claim(name)
+            if parsed:
+                out.append((name,) + parsed)
+        return out
+
+    def release(self, cname, pname):
+        """Put a claimed job back in pending/ unchanged (the attempt did not count)."""
+        os.rename(self.path("processing", cname), self.path("pending", pname))
+
+    def settle(self, cname, job, not_before=None):
+        """Write JOB to the folder its state names, then drop the claim (transitions 5-9)."""
+        state = job["state"]
+        if state in FINAL_DIR:
+            folder, name = FINAL_DIR[state], final_name(job["id"])
+        else:
+            folder, name = "pending", pending_name(not_before, job["id"])
+        self._commit(jobdoc.dumps(job), folder, name)
+        _unlink_quiet(self.path("processing", cname))
+        return folder, name
+
+    def unclaim_to(self, cname, folder, name):
+        """Move a claim back where it came from, never replacing a file already there."""
+        src = self.path("processing", cname)
+        self._link_no_replace(src, folder, name)
+
+    # -- rejected/ ----------------------------------------------------------------------------
+
+    def _link_no_replace(self, src, folder, name):
+        """Move SRC to FOLDER/NAME, or NAME.1, NAME.2... if taken. Returns the name used."""
+        base, n = name, 0
+        while True:
+            dst = self.path(folder, name)
+            try:
+                os.link(src, dst, follow_symlinks=False)
+            except FileExistsError:
+                n += 1
+                name = f"{base}.{n}"
+                continue
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EISDIR, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                if os.path.lexists(dst):  # a folder cannot be linked: rename if the name is free
+                    n += 1
+                    name = f"{base}.{n}"
+                    continue
+                os.rename(src, dst)
+                return name
+            os.unlink(src)
+            return name
+
+    def reject(self, cname, original, reason, now):
+        """Move a claimed bad file to rejected/ under its own name, with NAME.reason beside it."""
+        name = self._link_no_replace(self.path("processing", cname), "rejected", original)
+        try:
+            write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), sync=False)
+        except FileExistsError:
+            pass
+        fsync_dir(self.dir("rejected"))
+        return name
+
+    def reject_tmp(self, name, reason, now):
+        src = self.path("tmp", name)
+        name = self._link_no_replace(src, "rejected", name)
+        write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), sync=False)
+        return name
+
+    def rejected(self):
+        """[(name, reason text or None)] of rejected files (reason files themselves excluded)."""
+        names = set(self.listdir("rejected"))
+        out = []
+        for name in sorted(names):
+            if name.endswith(REASON_SUFFIX) and name[: -len(REASON_SUFFIX)] in names:
+                continue
+            reason = None
+            if name + REASON_SUFFIX in names:
+                try:
+                    with open(self.path("rejected", name + REASON_SUFFIX), "rb") as f:
+                        reason = f.read().decode("utf-8", "replace").strip()
+                except OSError:
+                    pass
+            out.append((name, reason))
+        return out
+
+    # -- finding a job by id ------------------------------------------------------------------
+
+    def locate(self, job_id, include_processing=True):
+        """Where job ID is: (state folder, file name), or None. O(1) for done/ and dead/."""
+        for folder in ("done", "dead"):
+            if os.path.lexists(self.path(folder, final_name(job_id))):
+                return folder, final_name(job_id)
+        if include_processing:
+            for name, kind, key, _ in self.claims():
+                if kind == "job" and key == job_id:
+                    return "processing", name
+        for name in self.listdir("pending"):
+            if parse_pending(name)[1] == job_id:
+                return "pending", name
+        return None
+
+    def load(self, job_id):
+        """(folder, name, job) for ID. Raises NotFound."""
+        where = self.locate(job_id) if jobdoc.valid_id(job_id) else None
+        if where is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        try:
+            return where + (self.read(*where),)
+        except FileNotFoundError:
+            where = self.locate(job_id)  # it moved on while we looked: look once more
+            if where is None:
+                raise NotFound(f"no job with id {job_id!r}") from None
+            return where + (self.read(*where),)
+
+    # -- logs ---------------------------------------------------------------------------------
+
+    def open_log(self, job_id, seq):
+        """Open logs/ID.SEQ.log for writing; a planted file or symlink there is replaced, not followed."""
+        path = self.path("logs", log_name(job_id, seq))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(path, flags, 0o600)
+        except FileExistsError:
+            os.unlink(path)
+            return os.open(path, flags, 0o600)
+
+    def log_path(self, name):
+        return self.path("logs", name)
+
+    # -- workers/ -----------------------------------------------------------------------------
+
+    def heartbeat_path(self, wid):
+        return self.path("workers", f"{wid}.json")
+
+    def worker_ids(self):
+        return [n[:-5] for n in self.listdir("workers") if n.endswith(".json") and not n.startswith(".")]
+
+    def write_heartbeat(self, wid, data):
+        """Replace workers/WID.json (not fsynced: a heartbeat is only as good as its mtime)."""
+        path = self.heartbeat_path(wid)
+        tmp = self.path("workers", f".{wid}.{os.urandom(3).hex()}.tmp")
+        write_file(tmp, data, sync=False)
+        os.rename(tmp, path)
+
+    def remove_heartbeat(self, wid):
+        _unlink_quiet(self.heartbeat_path(wid))
+
+    def heartbeat_mtime(self, wid):
+        try:
+            return os.stat(self.heartbeat_path(wid)).st_mtime
+        except OSError:
+            return None
+
+    # -- tmp/ ---------------------------------------------------------------------------------
+
+    def tmp_files(self):
+        """[(name, owner worker id or None, purpose or None, mtime)] of files in tmp/."""
+        out = []
+        for name in self.listdir("tmp"):
+            try:
+                mtime = os.lstat(self.path("tmp", name)).st_mtime
+            except FileNotFoundError:
+                continue
+            m = TMP_RE.match(name)
+            out.append((name, m.group(1) if m else None, m.group(2) if m else None, mtime))
+        return out
+
+    def roll_forward(self, name, job):
+        """Finish an interrupted enqueue: its tmp/ file holds a complete job with its id reserved."""
+        nb = self._not_before(job)
+        os.rename(self.path("tmp", name), self.path("pending", pending_name(nb, job["id"])))
+        fsync_dir(self.dir("pending"))
+
+    @staticmethod
+    def _not_before(job):
+        from queuectl.timeutil import parse_iso
+
+        return parse_iso(job.get("run_at") or job["created_at"])
+
+    def drop_tmp(self, name):
+        _unlink_quiet(self.path("tmp", name))

@@ -1,0 +1,94 @@
+"""Wake-ups for an idle worker: watchdog (inotify) events on pending/, through a pipe.
+
+The worker sleeps in select() on this pipe and on the signal wakeup pipe, so one loop handles new
+jobs, timers and stop signals without polling.
+"""
+
+import os
+import threading
+from collections import deque
+
+
+def _no_move_pairing_delay():
+    """watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with an IN_MOVED_TO, and its queue is
+    FIFO: each claim (a rename out of pending/) would delay the news of the next new job by up to
+    half a second. We never need the pairing, so we turn the delay off."""
+    try:
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+        InotifyMoveEventGrouper.delay = 0.0
+    except ImportError:
+        pass
+    try:
+        from watchdog.observers.inotify_buffer import InotifyBuffer
+
+        InotifyBuffer.delay = 0.0
+    except ImportError:
+        pass
+
+
+class PendingWatcher:
+    def __init__(self, folder):
+        self.folder = folder
+        self.names = deque()
+        self.rfd, self._wfd = os.pipe()
+        os.set_blocking(self.rfd, False)
+        os.set_blocking(self._wfd, False)
+        self._observer = None
+        self._lock = threading.Lock()
+
+    def start(self):
+        _no_move_pairing_delay()
+        import logging
+
+        # watchdog logs a warning when its thread stops mid-read; the worker logs what matters itself
+        logging.getLogger("watchdog").setLevel(logging.ERROR)
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                path = getattr(event, "dest_path", "") or event.src_path
+                if isinstance(path, bytes):
+                    path = os.fsdecode(path)
+                if os.path.dirname(path) == watcher.folder and event.event_type in ("created", "moved", "modified", "closed"):
+                    watcher.names.append(os.path.basename(path))
+                    watcher.poke()
+
+        self._observer = Observer()
+        self._observer.schedule(Handler(), self.folder, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+
+    def poke(self):
+        try:
+            os.write(self._wfd, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full or closed: the worker is awake anyway
+
+    def drain(self):
+        """Names reported since the last call (may repeat, may be gone already)."""
+        try:
+            while os.read(self.rfd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        out = []
+        while self.names:
+            out.append(self.names.popleft())
+        return out
+
+    def stop(self):
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=2)
+            except Exception:  # a failing observer must not turn a clean exit into a crash
+                pass
+        for fd in (self.rfd, self._wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,279 @@
+"""One worker process: a short loop of named steps.
+
+    heartbeat -> recover -> claim -> run -> finish      (and wait, when nothing is due)
+
+Each step lives where it belongs: names and renames in spool.py, intake of new files in
+intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py.
+"""
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+from queuectl import policy, runner
+from queuectl import spool as sp
+from queuectl.dueindex import DueIndex
+from queuectl.errors import JobInvalid
+from queuectl.intake import Intake
+from queuectl.procs import hostname
+from queuectl.recovery import Recovery
+from queuectl.settings import Watched
+from queuectl.timeutil import iso
+from queuectl.watch import PendingWatcher
+
+RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
+FAULT_BACKOFF_MAX = 30  # seconds; a worker facing a file-system fault waits, doubling up to this
+
+
+class Worker:
+    def __init__(self, spool, burst=False, ready_fd=None, stats_fd=None):
+        self.spool = spool
+        self.burst = burst
+        self.ready_fd = ready_fd
+        self.stats_fd = stats_fd
+        self.stop_requests = 0
+        self.counts = {"completed": 0, "failed": 0, "dead": 0}
+        self.index = DueIndex()
+        self._last_errors = set()
+        self._fault_delay = 0.0
+        self._next_heartbeat = self._next_recovery = self._next_scan = 0.0
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self):
+        self.setup()
+        try:
+            while not self.stop_requests:
+                now = time.time()
+                self.settings.refresh()
+                self.heartbeat(now)
+                self.recover(now)
+                self.intake_events(now)
+                claimed = self.claim(now)
+                if claimed:
+                    self.run_and_finish(*claimed)
+                elif self.burst and self.idle_for_good(now):
+                    break
+                else:
+                    self.wait(now)
+        finally:
+            self.teardown()
+        return 0
+
+    # -- steps --------------------------------------------------------------------------------
+
+    def setup(self):
+        self.spool.ensure()
+        self.wid = self.spool.wid
+        self.settings = Watched(self.spool.config_path)
+        self.wake_r, wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.intake = Intake(self.spool, self.index, self.settings, self.log)
+        self.recovery = Recovery(self.spool, self.settings, self.log)
+        self.watcher = PendingWatcher(self.spool.dir("pending"))
+        self.watcher.start()  # before the first scan, so no file slips between the two
+        self.heartbeat(time.time())
+        if self.ready_fd is not None:
+            os.write(self.ready_fd, b"r")
+            os.close(self.ready_fd)
+        self.log("started")
+
+    def _on_signal(self, signum, frame):
+        self.stop_requests += 1
+
+    def heartbeat(self, now, force=False):
+        if now < self._next_heartbeat and not force:
+            return
+        self._next_heartbeat = now + self.settings["heartbeat-seconds"]
+        data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": getattr(self, "_started", None), "heartbeat_at": iso(now)}
+        if data["started_at"] is None:
+            data["started_at"] = self._started = iso(now)
+        self.guard("write heartbeat", self.spool.write_heartbeat, self.wid, json.dumps(data).encode())
+
+    def recover(self, now):
+        if now < self._next_recovery:
+            return
+        self._next_recovery = now + self.settings["heartbeat-seconds"]
+        self.guard("recover", self.recovery.run, now)
+
+    def intake_events(self, now):
+        if now >= self._next_scan:
+            self._next_scan = now + RESCAN_SECONDS
+            self.watcher.drain()
+            self.guard("scan pending/", self.intake.scan, now)
+            return
+        for name in self.watcher.drain():
+            self.guard("read a new job", self.intake.consider, name, now)
+
+    def claim(self, now):
+        """Win the rename of the best due job: (claim name, pending name, job), or None."""
+        while True:
+            name = self.index.pop_due(now)
+            if name is None:
+                return None
+            _, job_id = sp.parse_pending(name)
+            try:
+                cname = self.spool.claim(name, job_id)
+            except OSError as e:
+                self.fault("claim a job", e)
+                return None
+            if cname is None:
+                continue  # another worker won this one
+            try:
+                return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"])
+            except JobInvalid as e:
+                self.intake.reject(cname, name, str(e), now)
+            except OSError as e:
+                self.fault("read a claimed job", e)
+                self.guard("release a job", self.spool.release, cname, name)
+                return None
+
+    def run_and_finish(self, cname, pname, job):
+        seq = policy.attempt_seq(job)
+        try:
+            log_fd = self.spool.open_log(job["id"], seq)
+        except OSError as e:
+            self.fault(f"open the log of job {job['id']}", e)
+            self.guard("release a job", self.spool.release, cname, pname)
+            return
+        env = dict(os.environ)
+        env.update(job.get("env") or {})
+        env.update(
+            {
+                "QUEUECTL_JOB_ID": job["id"],
+                "QUEUECTL_ATTEMPT": str(job.get("attempts", 0) + 1),
+                "QUEUECTL_SPOOL": self.spool.root,
+                runner.CLAIM_ENV: cname,
+            }
+        )
+        timeout = job.get("timeout") or self.settings["job-timeout"] or None
+        try:
+            attempt = runner.run(
+                job["command"],
+                env,
+                job.get("cwd"),
+                log_fd,
+                timeout,
+                time.time(),
+                tick=self.settings["heartbeat-seconds"],
+                wakeup_fd=self.wake_r,
+                on_tick=self._tick,
+                should_abort=lambda: self.stop_requests >= 2,
+            )
+        finally:
+            os.close(log_fd)
+        if attempt.interrupted:
+            self.guard("release a job", self.spool.release, cname, pname)
+            self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
+            return
+        job, nb = policy.record_attempt(
+            job,
+            started=attempt.started,
+            finished=attempt.finished,
+            exit_code=attempt.exit_code,
+            error=attempt.error,
+            worker=self.wid,
+            log=sp.log_name(job["id"], seq),
+            base=self.settings["backoff-base"],
+            maximum=self.settings["backoff-max"],
+        )
+        self.finish(cname, job, nb)
+
+    def _tick(self):
+        now = time.time()
+        self.settings.refresh()
+        self.heartbeat(now)
+
+    def finish(self, cname, job, nb):
+        """Commit the attempt's result; on a file-system fault keep the claim and try again."""
+        while True:
+            try:
+                folder, name = self.spool.settle(cname, job, nb)
+                break
+            except OSError as e:
+                self.fault(f"store the result of job {job['id']}", e)
+                if self.stop_requests >= 2:
+                    return  # the claim stays; recovery will count the attempt as lost
+                self.pause(self._fault_delay)
+        self._fault_delay = 0.0
+        state = job["state"]
+        self.counts[state if state != "failed" else "failed"] += 1
+        if state == "failed":
+            self.index.add(name, job.get("priority") or 0, nb, job.get("created_at") or "")
+            detail = f"retry at {iso(nb)}"
+        else:
+            detail = f"now {state}"
+        self.log(f"job {job['id']} attempt {job['attempts']}: {_describe(job)}, {detail}")
+
+    def idle_for_good(self, now):
+        """--burst: nothing due and nothing running anywhere in the spool."""
+        self.intake.scan(now)
+        if self.index.has_due(now):
+            return False
+        return not any(kind == "job" for _, kind, _, _ in self.spool.claims())
+
+    def wait(self, now):
+        """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""
+        deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan)
+        nxt = self.index.next_due()
+        if nxt is not None:
+            deadline = min(deadline, nxt)
+        timeout = max(0.0, deadline - now)
+        if self.burst:
+            timeout = min(timeout, 0.05)  # others' jobs finish in done/, which is not watched
+        self.pause(timeout)
+
+    def pause(self, timeout):
+        try:
+            select.select([self.watcher.rfd, self.wake_r], [], [], timeout)
+        except InterruptedError:
+            pass
+        runner.drain_wakeup(self.wake_r)
+
+    def teardown(self):
+        self.watcher.stop()
+        self.spool.remove_heartbeat(self.wid)
+        c = self.counts
+        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
+        if self.stats_fd is not None:
+            os.write(self.stats_fd, (json.dumps(self.counts) + "\n").encode())
+
+    # -- faults and logging -------------------------------------------------------------------
+
+    def guard(self, action, fn, *args):
+        """Run a step; a file-system fault is logged once per distinct error and backed off."""
+        try:
+            result = fn(*args)
+        except OSError as e:
+            self.fault(action, e)
+            return None
+        return result
+
+    def fault(self, action, error):
+        msg = f"cannot {action}: {error.strerror or error}"
+        if msg not in self._last_errors:
+            self._last_errors.add(msg)
+            self.log(msg + " (will keep trying)")
+        self._fault_delay = min(max(self._fault_delay * 2, 0.1), FAULT_BACKOFF_MAX)
+        self._next_scan = min(self._next_scan, time.time() + self._fault_delay)
+
+    def log(self, msg):
+        try:
+            sys.stderr.write(f"{iso(time.time())} queuectl worker {self.spool.wid}: {msg}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _describe(job):
+    if job["state"] == "completed":
+        return "exit 0"
+    return job.get("last_error") or f"exit {job.get('exit_code')}"
