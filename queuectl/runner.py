@@ -69,12 +69,68 @@ def kill_group(pgid, sig):
         pass
 
 
-class Waiter:
-    """Wait for a child's exit, waking early for a deadline or a signal (via the wakeup fd)."""
+class OutputPump:
+    """Copies the job's output (one pipe for stdout and stderr, so their order is kept) into its
+    log, up to MAX_BYTES; the rest is counted, dropped, and noted at the end of the log. The job
+    never blocks on a full disk of its own output."""
 
-    def __init__(self, pid, wakeup_fd):
+    def __init__(self, log_fd, max_bytes):
+        self.fd, self.write_end = os.pipe()
+        os.set_blocking(self.fd, False)
+        self.log_fd = log_fd
+        self.max_bytes = max_bytes or None
+        self.kept = 0
+        self.dropped = 0
+        self.open = True
+        self.write_error = None
+
+    def pump(self):
+        """Copy what is readable now (a bounded amount, so timers still run); False at EOF."""
+        for _ in range(64):
+            if not self.open:
+                break
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not data:
+                self.open = False
+                break
+            self._keep(data)
+        return self.open
+
+    def _keep(self, data):
+        if self.max_bytes is not None and self.kept + len(data) > self.max_bytes:
+            room = max(0, self.max_bytes - self.kept)
+            self.dropped += len(data) - room
+            data = data[:room]
+        if data and self.write_error is None:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.log_fd, view) :]
+            except OSError as e:  # a full disk loses output, never the job
+                self.write_error = e
+        self.kept += len(data)
+
+    def close(self):
+        self.pump()  # what the job wrote before it exited (a child holding the pipe: we stop here)
+        os.close(self.fd)
+        if self.dropped and self.write_error is None:
+            note = f"\n[queuectl: {self.dropped} more bytes of output dropped: over max-log-bytes={self.max_bytes}]\n"
+            try:
+                os.write(self.log_fd, note.encode())
+            except OSError:
+                pass
+
+
+class Waiter:
+    """Wait for a child's exit, pumping its output, and waking early for a deadline or a signal."""
+
+    def __init__(self, pid, wakeup_fd, pump=None):
         self.pid = pid
         self.wakeup_fd = wakeup_fd
+        self.pump = pump
         self.pidfd = None
         if hasattr(os, "pidfd_open"):
             try:
@@ -83,25 +139,33 @@ class Waiter:
                 self.pidfd = None
 
     def wait(self, timeout):
-        """The wait status if the child exited within TIMEOUT seconds, else None."""
-        done = self._reap()
-        if done is not None:
-            return done
-        if self.pidfd is not None:
-            fds = [self.pidfd] + ([self.wakeup_fd] if self.wakeup_fd is not None else [])
-            try:
-                select.select(fds, [], [], max(0.0, timeout))
-            except InterruptedError:
-                pass
-            return self._reap()
-        end = time.monotonic() + timeout
+        """The wait status if the child exited within TIMEOUT seconds, else None.
+
+        Returns None early when a signal arrives (the wakeup fd), so the caller can react.
+        """
+        end = time.monotonic() + max(0.0, timeout)
         delay = 0.0005
         while True:
             done = self._reap()
-            if done is not None or time.monotonic() >= end:
+            if done is not None:
                 return done
-            time.sleep(min(delay, max(0.0, end - time.monotonic())))
-            delay = min(delay * 2, 0.02)
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            fds = [fd for fd in (self.pidfd, self.wakeup_fd) if fd is not None]
+            if self.pump is not None and self.pump.open:
+                fds.append(self.pump.fd)
+            if self.pidfd is None:  # no pidfd (not Linux >= 5.3): poll the exit, gently
+                left = min(left, delay)
+                delay = min(delay * 2, 0.02)
+            try:
+                ready, _, _ = select.select(fds, [], [], left)
+            except InterruptedError:
+                ready = []
+            if self.pump is not None and self.pump.fd in ready:
+                self.pump.pump()
+            if self.wakeup_fd is not None and self.wakeup_fd in ready:
+                return self._reap()
 
     def _reap(self):
         try:
@@ -129,8 +193,8 @@ def drain_wakeup(fd):
             raise
 
 
-def run(command, env, cwd, out_fd, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None):
-    """Run one attempt to its end.
+def run(command, env, cwd, log_fd, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0):
+    """Run one attempt to its end; its output goes to LOG_FD (at most MAX_LOG_BYTES, 0: no cap).
 
     on_tick() is called about every TICK seconds while the job runs (heartbeats, settings);
     should_abort() returning True stops the job's whole process group (a second stop signal).
@@ -140,13 +204,17 @@ def run(command, env, cwd, out_fd, timeout, now, tick=None, wakeup_fd=None, on_t
         attempt.error = f"could not start: cwd {cwd!r} does not exist or is not a folder"
         attempt.finished = time.time()
         return attempt
+    pump = OutputPump(log_fd, max_log_bytes)
     try:
-        pid = spawn(command, env, cwd, out_fd)
+        pid = spawn(command, env, cwd, pump.write_end)
     except OSError as e:
+        os.close(pump.fd)
         attempt.error = f"could not start: {e.strerror or e}"
         attempt.finished = time.time()
         return attempt
-    waiter = Waiter(pid, wakeup_fd)
+    finally:
+        os.close(pump.write_end)
+    waiter = Waiter(pid, wakeup_fd, pump)
     deadline = now + timeout if timeout else None
     status = None
     try:
@@ -171,6 +239,7 @@ def run(command, env, cwd, out_fd, timeout, now, tick=None, wakeup_fd=None, on_t
                 on_tick()
     finally:
         waiter.close()
+        pump.close()
     attempt.finished = time.time()
     if attempt.error is None:
         attempt.exit_code = exit_code_of(status)

@@ -144,3 +144,11 @@ class Watched:
 
     def __getitem__(self, key):
         return self.values[key]
+
+
+def markdown_table():
+    """The settings table as README.md shows it (a test keeps the two identical)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for s in TABLE:
+        rows.append(f"| `{s.key}` | {KIND_TEXT[s.kind]} | {s.default} | {s.help} |")
+    return "\n".join(rows)

@@ -167,6 +167,7 @@ class Worker:
                 wakeup_fd=self.wake_r,
                 on_tick=self._tick,
                 should_abort=lambda: self.stop_requests >= 2,
+                max_log_bytes=self.settings["max-log-bytes"],
             )
         finally:
             os.close(log_fd)
