@@ -41,15 +41,18 @@ def cli(ctx, root):
 
 
 @cli.command()
+@click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0660).")
 @click.pass_context
-def init(ctx):
-    """Create the spool folders (other commands do it on first use).
+def init(ctx, group):
+    """Create the spool folders (other commands do it on first use); private (0700) by default.
 
     \b
     Example:
-      queuectl --spool /var/spool/myjobs init
+      queuectl --spool /var/spool/myjobs init --group jobs
     """
-    click.echo(_spool(ctx).root)
+    from queuectl.spool import Spool
+
+    click.echo(Spool(ctx.obj["root"]).ensure(group=group).root)
 
 
 @cli.command()
@@ -321,7 +324,7 @@ def config():
     """
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})  # so that "-1" is a VALUE
 @click.argument("key")
 @click.argument("value")
 @click.pass_context
@@ -385,6 +388,9 @@ def main(argv=None):
         click.echo("queuectl: aborted", err=True)
         sys.exit(1)
     except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare group (click >= 8.2): its help, undecorated
+            click.echo(e.ctx.get_help(), err=True)
+            sys.exit(2)
         where = e.ctx.command_path if e.ctx else "queuectl"
         click.echo(f"{where}: {e.format_message()} (see {where} --help)", err=True)
         sys.exit(2)

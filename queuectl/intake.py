@@ -10,6 +10,7 @@ import os
 from queuectl import job as jobdoc
 from queuectl import spool as sp
 from queuectl.errors import JobInvalid
+from queuectl.settings import trusted_uids
 
 
 def unsafe_name(name):
@@ -40,6 +41,14 @@ class Intake:
         self.index = index
         self.settings = settings
         self.log = log
+        self._trusted = (None, None)
+
+    def owners(self):
+        """The uids whose job files run: this worker's user and the trusted-users setting."""
+        value = self.settings["trusted-users"]
+        if self._trusted[0] != value:
+            self._trusted = (value, trusted_uids(value) | {os.geteuid()})
+        return self._trusted[1]
 
     def scan(self, now):
         """Read pending/ in full: the start, and a safety net for missed events."""
@@ -54,7 +63,7 @@ class Intake:
         nb, job_id = sp.parse_pending(name)
         if nb is not None:
             try:
-                doc = self.spool.read("pending", name, self.settings["max-job-bytes"])
+                doc = self.spool.read("pending", name, self.settings["max-job-bytes"], self.owners())
             except FileNotFoundError:
                 return  # claimed by someone else meanwhile
             except (JobInvalid, OSError):
@@ -72,7 +81,7 @@ class Intake:
         if why:
             return self.reject(cname, name, why, now)
         try:
-            doc = self.spool.read("processing", cname, self.settings["max-job-bytes"])
+            doc = self.spool.read("processing", cname, self.settings["max-job-bytes"], self.owners())
             st = os.lstat(self.spool.path("processing", cname))
         except JobInvalid as e:
             return self.reject(cname, name, str(e), now)

@@ -55,6 +55,12 @@ def parse_text(text):
         raise JobInvalid(f"not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise JobInvalid(f"a job must be a JSON object, got {_json_type(doc)}")
+    try:  # a lone surrogate (a JSON escape such as "\ud800", or a non-UTF-8 argument) cannot be stored as UTF-8
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise JobInvalid(f"not valid Unicode: {e.object[e.start:e.end]!r} is a lone surrogate") from None
+    except RecursionError:
+        raise JobInvalid("JSON nested too deeply") from None
     return doc
 
 

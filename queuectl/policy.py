@@ -2,6 +2,8 @@
 
 from queuectl.timeutil import iso
 
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a huge backoff-max must still give a writable not-before time
+
 
 def backoff(attempts, base, maximum):
     """Seconds to wait before the next attempt: base ** attempts, capped at MAXIMUM."""
@@ -44,7 +46,7 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
         job["state"] = "dead"
         return job, None
     job["state"] = "failed"
-    return job, finished + backoff(attempts, base, maximum)
+    return job, min(finished + backoff(attempts, base, maximum), LATEST)
 
 
 def revive(job, now):

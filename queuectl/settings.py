@@ -12,7 +12,8 @@ from queuectl.errors import BadInput, SpoolError
 
 Setting = namedtuple("Setting", "key kind default help")
 
-# kind: "int" (whole number >= 0), "seconds" (number >= 0), "positive" (number > 0), "base" (>= 1)
+# kind: "int" (whole number >= 0), "seconds" (number >= 0), "positive" (number > 0), "base" (>= 1),
+# "users" (comma-separated user names or uids)
 TABLE = (
     Setting("max-retries", "int", 3, "retries after the first attempt, for jobs that set no max_retries"),
     Setting("backoff-base", "base", 2, "a failed job waits backoff-base ** attempts seconds before its retry"),
@@ -22,6 +23,7 @@ TABLE = (
     Setting("heartbeat-seconds", "positive", 5, "how often a worker refreshes its heartbeat file"),
     Setting("max-job-bytes", "int", 1048576, "a job file larger than this is rejected"),
     Setting("max-log-bytes", "int", 10485760, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
+    Setting("trusted-users", "users", "", "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
 )
 BY_KEY = {s.key: s for s in TABLE}
 KIND_TEXT = {
@@ -29,6 +31,7 @@ KIND_TEXT = {
     "seconds": "a number of seconds >= 0",
     "positive": "a number > 0",
     "base": "a number >= 1",
+    "users": "comma-separated user names or uids",
 }
 
 
@@ -42,6 +45,8 @@ def _setting(key):
 def parse_value(key, value):
     """Text or JSON value -> the typed value for KEY. Raises BadInput naming the expected type."""
     s = _setting(key)
+    if s.kind == "users":
+        return ",".join(str(u) for u in _users(key, value))
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -51,6 +56,8 @@ def parse_value(key, value):
                 value = float(text)
             except ValueError:
                 value = None
+        if "_" in text:  # Python's int()/float() read "1_0" as 10; a setting does not
+            value = None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
     if ok and value not in (float("inf"), float("-inf")):
         if s.kind == "int":
@@ -69,6 +76,40 @@ def parse_value(key, value):
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value
+
+
+def _users(key, value):
+    if not isinstance(value, str):
+        raise BadInput(f"{key} must be {KIND_TEXT['users']}")
+    import pwd
+
+    out = []
+    for item in filter(None, (v.strip() for v in value.split(","))):
+        if item.isdigit():
+            out.append(item)
+            continue
+        try:
+            pwd.getpwnam(item)
+        except KeyError:
+            raise BadInput(f"{key}: no user named {item!r}") from None
+        out.append(item)
+    return out
+
+
+def trusted_uids(value):
+    """The uids named by a trusted-users value (names that no longer resolve are skipped)."""
+    import pwd
+
+    uids = set()
+    for item in filter(None, value.split(",")):
+        if item.isdigit():
+            uids.add(int(item))
+        else:
+            try:
+                uids.add(pwd.getpwnam(item).pw_uid)
+            except KeyError:
+                pass
+    return uids
 
 
 def read_file(path):
@@ -150,5 +191,6 @@ def markdown_table():
     """The settings table as README.md shows it (a test keeps the two identical)."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for s in TABLE:
-        rows.append(f"| `{s.key}` | {KIND_TEXT[s.kind]} | {s.default} | {s.help} |")
+        default = s.default if s.default != "" else '""'
+        rows.append(f"| `{s.key}` | {KIND_TEXT[s.kind]} | {default} | {s.help} |")
     return "\n".join(rows)

@@ -113,7 +113,8 @@ def write_file(path, data, mode=0o600, sync=True):
 def write_atomic(path, data):
     """Replace PATH with DATA: write beside it, fsync, rename, fsync the folder."""
     tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    write_file(tmp, data)
+    shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070
+    write_file(tmp, data, 0o660 if shared else 0o600)
     try:
         os.rename(tmp, path)
     except BaseException:
@@ -129,14 +130,17 @@ def _unlink_quiet(path):
         pass
 
 
-def read_regular(path, max_bytes):
+def read_regular(path, max_bytes, owners=None):
     """The bytes of a regular file, refusing anything else without blocking or following links.
 
-    Raises JobInvalid (not a job file), FileNotFoundError (gone: someone else moved it).
+    OWNERS: the uids whose files are accepted (None: anyone's). Raises JobInvalid (not a job
+    file, or not trusted), FileNotFoundError (gone: someone else moved it).
     """
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise JobInvalid(f"not a regular file ({_kind(st.st_mode)})")
+    if owners is not None and st.st_uid not in owners:
+        raise JobInvalid(f"owned by {_user(st.st_uid)}, who is not in the trusted-users setting")
     if st.st_size > max_bytes:
         raise JobInvalid(f"file is {st.st_size} bytes, over the max-job-bytes limit of {max_bytes}")
     try:
@@ -164,6 +168,15 @@ def read_regular(path, max_bytes):
     return data
 
 
+def _user(uid):
+    import pwd
+
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _kind(mode):
     for test, name in (
         (stat.S_ISLNK, "symlink"),
@@ -185,6 +198,15 @@ def _os_error(action, e):
 # -- the spool --------------------------------------------------------------------------------
 
 
+def _gid(group):
+    import grp
+
+    try:
+        return int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise SpoolError(f"no group named {group!r}") from None
+
+
 def default_root():
     env = os.environ.get("QUEUECTL_SPOOL")
     if env:
@@ -199,6 +221,7 @@ class Spool:
         self.config_path = os.path.join(self.root, "config.json")
         self.worker_log = os.path.join(self.root, "worker.log")
         self._wid = None
+        self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
     @property
     def wid(self):
@@ -213,16 +236,30 @@ class Spool:
     def path(self, folder, name):
         return os.path.join(self.root, folder, name)
 
-    def ensure(self, mode=0o700):
-        """Create the spool and its folders if missing. Raises SpoolError."""
+    def ensure(self, group=None):
+        """Create the spool and its folders if missing (0700; with GROUP: 2770, shared with it).
+
+        A spool folder that is a symlink is refused: it could send writes outside the spool.
+        Raises SpoolError.
+        """
+        mode = 0o2770 if group is not None else 0o700
         try:
-            os.makedirs(self.root, mode=mode, exist_ok=True)
-            for d in DIRS:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            paths = [self.root] + [self.dir(d) for d in DIRS]
+            for path in paths[1:]:
                 try:
-                    os.mkdir(self.dir(d), mode)
+                    os.mkdir(path, mode & 0o777)
                 except FileExistsError:
-                    if not os.path.isdir(self.dir(d)):
-                        raise SpoolError(f"{self.dir(d)} exists and is not a folder") from None
+                    pass
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise SpoolError(f"{path} is not a folder ({_kind(st.st_mode)}); refusing to use it")
+            if group is not None:
+                gid = _gid(group)
+                for path in paths:
+                    os.chown(path, -1, gid)
+                    os.chmod(path, mode)
+            self.file_mode = 0o660 if os.stat(self.root).st_mode & 0o070 else 0o600
         except OSError as e:
             raise _os_error(f"cannot create spool {self.root}", e) from None
         return self
@@ -233,7 +270,7 @@ class Spool:
     def _commit(self, data, folder, name, purpose="write"):
         """Write DATA to tmp/, fsync, rename to FOLDER/NAME, fsync FOLDER: the commit point."""
         tmp = self._tmp_path(purpose)
-        write_file(tmp, data)
+        write_file(tmp, data, self.file_mode)
         try:
             os.rename(tmp, self.path(folder, name))
         except BaseException:
@@ -246,7 +283,7 @@ class Spool:
     def reserve_id(self, job_id, token):
         """Create ids/ID exclusively, holding TOKEN. False if the id is taken."""
         try:
-            write_file(self.path("ids", job_id), token.encode(), sync=False)
+            write_file(self.path("ids", job_id), token.encode(), self.file_mode, sync=False)
         except FileExistsError:
             return False
         return True
@@ -267,7 +304,7 @@ class Spool:
         try:
             for job, nb in accepted:
                 tmp = self._tmp_path("enqueue")
-                write_file(tmp, jobdoc.dumps(job), sync=False)
+                write_file(tmp, jobdoc.dumps(job), self.file_mode, sync=False)
                 written.append((tmp, job, nb))
             for tmp, _, _ in written:
                 fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
@@ -296,9 +333,9 @@ class Spool:
 
     # -- reading job files --------------------------------------------------------------------
 
-    def read(self, folder, name, max_bytes=1 << 20):
+    def read(self, folder, name, max_bytes=1 << 20, owners=None):
         """Parse and validate FOLDER/NAME. Raises JobInvalid, FileNotFoundError."""
-        return jobdoc.validate(jobdoc.parse_bytes(read_regular(self.path(folder, name), max_bytes)))
+        return jobdoc.validate(jobdoc.parse_bytes(read_regular(self.path(folder, name), max_bytes, owners)))
 
     def listdir(self, folder):
         try:
@@ -395,7 +432,7 @@ class Spool:
         """Move a claimed bad file to rejected/ under its own name, with NAME.reason beside it."""
         name = self._link_no_replace(self.path("processing", cname), "rejected", original)
         try:
-            write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), sync=False)
+            write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         except FileExistsError:
             pass
         fsync_dir(self.dir("rejected"))
@@ -404,7 +441,7 @@ class Spool:
     def reject_tmp(self, name, reason, now):
         src = self.path("tmp", name)
         name = self._link_no_replace(src, "rejected", name)
-        write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), sync=False)
+        write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         return name
 
     def rejected(self):
@@ -460,10 +497,10 @@ class Spool:
         path = self.path("logs", log_name(job_id, seq))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         try:
-            return os.open(path, flags, 0o600)
+            return os.open(path, flags, self.file_mode)
         except FileExistsError:
             os.unlink(path)
-            return os.open(path, flags, 0o600)
+            return os.open(path, flags, self.file_mode)
 
     def log_path(self, name):
         return self.path("logs", name)
@@ -480,7 +517,7 @@ class Spool:
         """Replace workers/WID.json (not fsynced: a heartbeat is only as good as its mtime)."""
         path = self.heartbeat_path(wid)
         tmp = self.path("workers", f".{wid}.{os.urandom(3).hex()}.tmp")
-        write_file(tmp, data, sync=False)
+        write_file(tmp, data, self.file_mode, sync=False)
         os.rename(tmp, path)
 
     def remove_heartbeat(self, wid):

@@ -10,7 +10,8 @@ now = time.time
 
 def iso(ts):
     """Epoch seconds -> '2026-11-28T12:00:00.000000Z'."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S.%fZ")  # %Y does not pad years < 1000
 
 
 def parse_iso(text, field="time"):
@@ -33,7 +34,8 @@ def parse_iso(text, field="time"):
 
 def stamp(ts):
     """Epoch seconds -> the not-before prefix of a pending name, 'YYYYMMDDTHHMMSS.ffffffZ'."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    return f"{dt.year:04d}" + dt.strftime("%m%dT%H%M%S.%fZ")
 
 
 def parse_stamp(text):

@@ -128,7 +128,7 @@ class Worker:
             if cname is None:
                 continue  # another worker won this one
             try:
-                return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"])
+                return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"], self.intake.owners())
             except JobInvalid as e:
                 self.intake.reject(cname, name, str(e), now)
             except OSError as e:
