@@ -71,18 +71,30 @@ def enqueue(ctx, job):
     from queuectl.timeutil import now
 
     spool = _spool(ctx)
-    max_retries = load(spool.config_path)["max-retries"]
+    cfg = load(spool.config_path)
+    max_retries = cfg["max-retries"]
     if job != "-":
-        accepted = jobdoc.accept(jobdoc.parse_text(job), now(), max_retries)
+        accepted = _check_size(jobdoc.accept(jobdoc.parse_text(job), now(), max_retries), cfg["max-job-bytes"])
         result = spool.enqueue([accepted])[0]
         if isinstance(result, QueuectlError):
             raise result
         click.echo(result)
         return 0
-    return _enqueue_lines(spool, sys.stdin, max_retries)
+    return _enqueue_lines(spool, sys.stdin, max_retries, max_bytes=cfg["max-job-bytes"])
 
 
-def _enqueue_lines(spool, stream, max_retries, batch_size=1000):
+def _check_size(accepted, max_bytes):
+    """Refuse a job a worker would reject for its size: better an error now than a silent rejection."""
+    from queuectl import job as jobdoc
+    from queuectl.errors import JobInvalid
+
+    size = len(jobdoc.dumps(accepted[0]))
+    if max_bytes is not None and size > max_bytes:
+        raise JobInvalid(f"the job is {size} bytes, over the max-job-bytes limit of {max_bytes}")
+    return accepted
+
+
+def _enqueue_lines(spool, stream, max_retries, batch_size=1000, max_bytes=None):
     from queuectl import job as jobdoc
     from queuectl.errors import JobInvalid
     from queuectl.timeutil import now
@@ -109,7 +121,7 @@ def _enqueue_lines(spool, stream, max_retries, batch_size=1000):
         if not line.strip():
             continue
         try:
-            batch.append((lineno, jobdoc.accept(jobdoc.parse_text(line), now(), max_retries)))
+            batch.append((lineno, _check_size(jobdoc.accept(jobdoc.parse_text(line), now(), max_retries), max_bytes)))
         except JobInvalid as e:
             click.echo(f"queuectl: line {lineno}: {e}", err=True)
             status = 2

@@ -5,6 +5,7 @@ drop-in is adopted: claimed, validated, given its id and queuectl's fields, rena
 canonical name. Anything that is not a valid job is moved to rejected/ with the reason.
 """
 
+import errno
 import os
 
 from queuectl import job as jobdoc
@@ -74,7 +75,15 @@ class Intake:
         self.adopt(name, now)
 
     def adopt(self, name, now):
-        cname = self.spool.claim_for_adoption(name)
+        try:
+            cname = self.spool.claim_for_adoption(name)
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:
+                raise
+            kept = self.spool.reject_long_name(name, now)
+            if kept:
+                self.log(f"rejected a file with a name too long for the spool (kept as rejected/{kept!r})")
+            return
         if cname is None:
             return
         why = unsafe_name(name)

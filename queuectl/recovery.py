@@ -84,7 +84,7 @@ class Recovery:
 
     def recover(self, cname, kind, key, holder, claimed_at, now):
         if on_this_host(holder):
-            kill_orphans(cname)
+            pass
         mine = sp.adopt_name(key, self.spool.wid) if kind == "adopt" else sp.claim_name(key, self.spool.wid)
         try:
             os.rename(self.spool.path("processing", cname), self.spool.path("processing", mine))

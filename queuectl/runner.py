@@ -30,6 +30,14 @@ class Attempt:
 def spawn(command, env, cwd, out_fd):
     """Start /bin/sh -c COMMAND as the leader of a new session; returns its pid."""
     if cwd is None and hasattr(os, "posix_spawn"):
+        # posix_spawn has no close_fds: keep inherited fds (watchdog's inotify fd, fds the worker's
+        # caller passed down) out of the job, as Popen does on the cwd path
+        for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+            try:
+                if int(name) > 2 and os.get_inheritable(int(name)):
+                    os.set_inheritable(int(name), False)
+            except OSError:
+                pass
         return os.posix_spawn(
             "/bin/sh",
             ["/bin/sh", "-c", command],
@@ -40,6 +48,9 @@ def spawn(command, env, cwd, out_fd):
                 (os.POSIX_SPAWN_DUP2, out_fd, 2),
             ],
             setsid=True,
+            # like Popen's restore_signals: Python ignores SIGPIPE/SIGXFSZ, and an ignored signal
+            # survives exec, so `yes | head -1` would never end in a job
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         )
     import subprocess  # only jobs with a cwd pay for it: posix_spawn has no chdir
 

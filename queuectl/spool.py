@@ -358,6 +358,8 @@ class Spool:
         return cname
 
     def claim_for_adoption(self, name):
+        """Claim a drop-in for adoption; None if another process won. Raises OSError(ENAMETOOLONG)
+        when the claim's name would not fit (see reject_long_name)."""
         cname = adopt_name(name, self.wid)
         try:
             os.rename(self.path("pending", name), self.path("processing", cname))
@@ -443,6 +445,26 @@ class Spool:
         name = self._link_no_replace(src, "rejected", name)
         write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         return name
+
+    def reject_long_name(self, name, now):
+        """Reject pending/NAME whose name is too long to carry a claim suffix.
+
+        The file keeps its bytes but gets a shorter name (unique while it exists: the inode number);
+        the reason file records the full original name. None if another process moved it first.
+        """
+        try:
+            ino = os.lstat(self.path("pending", name)).st_ino
+        except FileNotFoundError:
+            return None
+        short = f"{name[:150]}...{ino}"
+        try:
+            os.rename(self.path("pending", name), self.path("rejected", short))
+        except FileNotFoundError:
+            return None
+        reason = f"{iso(now)} file name too long for the spool ({len(os.fsencode(name))} bytes); original name: {name!r}\n"
+        write_file(self.path("rejected", short + REASON_SUFFIX), reason.encode(), self.file_mode, sync=False)
+        fsync_dir(self.dir("rejected"))
+        return short
 
     def rejected(self):
         """[(name, reason text or None)] of rejected files (reason files themselves excluded)."""

@@ -41,8 +41,8 @@ class PendingWatcher:
         _no_move_pairing_delay()
         import logging
 
-        # watchdog logs a warning when its thread stops mid-read; the worker logs what matters itself
-        logging.getLogger("watchdog").setLevel(logging.ERROR)
+        # watchdog logs an error when its thread stops mid-read; the worker logs what matters itself
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
