@@ -262,7 +262,7 @@ def logs(ctx, job_id):
 
     data = views.read_log(views.latest_log(_spool(ctx), job_id))
     if data is None:
-        click.echo(f"queuectl: job {job_id} has no output yet", err=True)
+        click.echo(f"queuectl: job {job_id}: no output (it has not run yet, or its latest attempt printed nothing)", err=True)
         return 0
     sys.stdout.buffer.write(data)
     sys.stdout.flush()

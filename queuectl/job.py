@@ -160,4 +160,5 @@ def accept(doc, now, max_retries, job_id=None, token=None):
 
 
 def dumps(job):
-    return (json.dumps(job, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+    """One line of JSON: json's C encoder only runs without indent, and workers write one per attempt."""
+    return (json.dumps(job, ensure_ascii=False) + "\n").encode("utf-8")

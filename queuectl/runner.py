@@ -17,7 +17,7 @@ CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job 
 class Attempt:
     """The outcome of one attempt: exit_code (None unless the command ran to an exit) and error."""
 
-    __slots__ = ("exit_code", "error", "started", "finished", "interrupted")
+    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error")
 
     def __init__(self, started):
         self.started = started
@@ -25,6 +25,8 @@ class Attempt:
         self.exit_code = None
         self.error = None
         self.interrupted = False
+        self.log_written = False
+        self.log_error = None
 
 
 def spawn(command, env, cwd, out_fd):
@@ -83,12 +85,16 @@ def kill_group(pgid, sig):
 class OutputPump:
     """Copies the job's output (one pipe for stdout and stderr, so their order is kept) into its
     log, up to MAX_BYTES; the rest is counted, dropped, and noted at the end of the log. The job
-    never blocks on a full disk of its own output."""
+    never blocks on a full disk of its own output.
 
-    def __init__(self, log_fd, max_bytes):
+    The log is created by OPEN_LOG() on the first byte: most jobs print nothing, and a file not
+    created is a metadata write (and an inode in logs/) saved per attempt."""
+
+    def __init__(self, open_log, max_bytes):
         self.fd, self.write_end = os.pipe()
         os.set_blocking(self.fd, False)
-        self.log_fd = log_fd
+        self.open_log = open_log
+        self.log_fd = None
         self.max_bytes = max_bytes or None
         self.kept = 0
         self.dropped = 0
@@ -117,6 +123,8 @@ class OutputPump:
             data = data[:room]
         if data and self.write_error is None:
             try:
+                if self.log_fd is None:
+                    self.log_fd = self.open_log()
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self.log_fd, view) :]
@@ -127,12 +135,15 @@ class OutputPump:
     def close(self):
         self.pump()  # what the job wrote before it exited (a child holding the pipe: we stop here)
         os.close(self.fd)
+        if self.log_fd is None:
+            return
         if self.dropped and self.write_error is None:
             note = f"\n[queuectl: {self.dropped} more bytes of output dropped: over max-log-bytes={self.max_bytes}]\n"
             try:
                 os.write(self.log_fd, note.encode())
             except OSError:
                 pass
+        os.close(self.log_fd)
 
 
 class Waiter:
@@ -204,8 +215,9 @@ def drain_wakeup(fd):
             raise
 
 
-def run(command, env, cwd, log_fd, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0):
-    """Run one attempt to its end; its output goes to LOG_FD (at most MAX_LOG_BYTES, 0: no cap).
+def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0):
+    """Run one attempt to its end; its output goes to the fd OPEN_LOG() returns, created at the
+    first byte (at most MAX_LOG_BYTES, 0: no cap). attempt.log_written says whether it was.
 
     on_tick() is called about every TICK seconds while the job runs (heartbeats, settings);
     should_abort() returning True stops the job's whole process group (a second stop signal).
@@ -215,7 +227,7 @@ def run(command, env, cwd, log_fd, timeout, now, tick=None, wakeup_fd=None, on_t
         attempt.error = f"could not start: cwd {cwd!r} does not exist or is not a folder"
         attempt.finished = time.time()
         return attempt
-    pump = OutputPump(log_fd, max_log_bytes)
+    pump = OutputPump(open_log, max_log_bytes)
     try:
         pid = spawn(command, env, cwd, pump.write_end)
     except OSError as e:
@@ -251,6 +263,8 @@ def run(command, env, cwd, log_fd, timeout, now, tick=None, wakeup_fd=None, on_t
     finally:
         waiter.close()
         pump.close()
+        attempt.log_written = pump.log_fd is not None
+        attempt.log_error = pump.write_error
     attempt.finished = time.time()
     if attempt.error is None:
         attempt.exit_code = exit_code_of(status)

@@ -524,6 +524,9 @@ class Spool:
             os.unlink(path)
             return os.open(path, flags, self.file_mode)
 
+    def logs_writable(self):
+        return os.access(self.dir("logs"), os.W_OK)
+
     def log_path(self, name):
         return self.path("logs", name)
 

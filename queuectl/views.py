@@ -121,10 +121,10 @@ def latest_log(spool, job_id):
             if run.get("history"):
                 entries = run["history"]
                 break
-    logs = [e.get("log") for e in entries if e.get("log")]
-    if not logs:
+    # the latest attempt only: an attempt that printed nothing has no log (log: null)
+    if not entries or not entries[-1].get("log"):
         return None
-    return spool.log_path(logs[-1])
+    return spool.log_path(entries[-1]["log"])
 
 
 def read_log(path):

@@ -6,6 +6,7 @@ Each step lives where it belongs: names and renames in spool.py, intake of new f
 intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py.
 """
 
+import errno
 import json
 import os
 import select
@@ -138,11 +139,10 @@ class Worker:
 
     def run_and_finish(self, cname, pname, job):
         seq = policy.attempt_seq(job)
-        try:
-            log_fd = self.spool.open_log(job["id"], seq)
-        except OSError as e:
-            self.fault(f"open the log of job {job['id']}", e)
+        if not self.spool.logs_writable():
+            self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
             self.guard("release a job", self.spool.release, cname, pname)
+            self.pause(self._fault_delay)
             return
         env = dict(os.environ)
         env.update(job.get("env") or {})
@@ -160,7 +160,7 @@ class Worker:
                 job["command"],
                 env,
                 job.get("cwd"),
-                log_fd,
+                lambda: self.spool.open_log(job["id"], seq),
                 timeout,
                 time.time(),
                 tick=self.settings["heartbeat-seconds"],
@@ -169,8 +169,13 @@ class Worker:
                 should_abort=lambda: self.stop_requests >= 2,
                 max_log_bytes=self.settings["max-log-bytes"],
             )
-        finally:
-            os.close(log_fd)
+        except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
+            self.fault(f"start job {job['id']}", e)
+            self.guard("release a job", self.spool.release, cname, pname)
+            self.pause(self._fault_delay)
+            return
+        if attempt.log_error is not None:
+            self.fault(f"write the log of job {job['id']}", attempt.log_error)
         if attempt.interrupted:
             self.guard("release a job", self.spool.release, cname, pname)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
@@ -182,7 +187,7 @@ class Worker:
             exit_code=attempt.exit_code,
             error=attempt.error,
             worker=self.wid,
-            log=sp.log_name(job["id"], seq),
+            log=sp.log_name(job["id"], seq) if attempt.log_written else None,
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
         )
