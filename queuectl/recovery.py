@@ -84,8 +84,8 @@ class Recovery:
 
     def recover(self, cname, kind, key, holder, claimed_at, now):
         if on_this_host(holder):
-            pass
-        mine = sp.adopt_name(key, self.spool.wid) if kind == "adopt" else sp.claim_name(key, self.spool.wid)
+            kill_orphans(cname)
+        mine = sp.reclaim_name(cname, self.spool.wid)
         try:
             os.rename(self.spool.path("processing", cname), self.spool.path("processing", mine))
         except FileNotFoundError:

@@ -32,14 +32,6 @@ class Attempt:
 def spawn(command, env, cwd, out_fd):
     """Start /bin/sh -c COMMAND as the leader of a new session; returns its pid."""
     if cwd is None and hasattr(os, "posix_spawn"):
-        # posix_spawn has no close_fds: keep inherited fds (watchdog's inotify fd, fds the worker's
-        # caller passed down) out of the job, as Popen does on the cwd path
-        for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
-            try:
-                if int(name) > 2 and os.get_inheritable(int(name)):
-                    os.set_inheritable(int(name), False)
-            except OSError:
-                pass
         return os.posix_spawn(
             "/bin/sh",
             ["/bin/sh", "-c", command],
@@ -67,6 +59,18 @@ def spawn(command, env, cwd, out_fd):
     )
     proc.returncode = 0  # we reap it ourselves: keep Popen's __del__ from waiting on it
     return proc.pid
+
+
+def seal_inherited_fds():
+    """posix_spawn has no close_fds: mark every fd above 2 close-on-exec, so that none leaks into
+    jobs (watchdog's inotify fd is created inheritable). Call once the worker's fds are open;
+    fds Python opens later are close-on-exec already (PEP 446)."""
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            if int(name) > 2 and os.get_inheritable(int(name)):
+                os.set_inheritable(int(name), False)
+        except OSError:
+            pass
 
 
 def exit_code_of(status):

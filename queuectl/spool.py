@@ -5,6 +5,7 @@ Other modules ask this one; none of them joins a spool path or renames a spool f
 
 import errno
 import os
+import time
 import re
 import stat
 
@@ -19,7 +20,7 @@ FINAL_DIR = {"completed": "done", "dead": "dead"}
 
 _WORKER = r"[A-Za-z0-9.-]+\.\d+\.\d+"
 PENDING_RE = re.compile(r"(\d{8}T\d{6}(?:\.\d{1,6})?Z)_(" + ID_PATTERN + r")\.json\Z")
-CLAIM_RE = re.compile(r"(" + ID_PATTERN + r")@(" + _WORKER + r")\.json\Z")
+CLAIM_RE = re.compile(r"(\d{8}T\d{6}(?:\.\d{1,6})?Z)_(" + ID_PATTERN + r")@(" + _WORKER + r")\.json\Z")
 ADOPT_RE = re.compile(r"(.+)@(" + _WORKER + r")\.adopt\Z", re.S)
 FINAL_RE = re.compile(r"(" + ID_PATTERN + r")\.json\Z")
 LOG_RE = re.compile(r"(" + ID_PATTERN + r")\.(\d+)\.log\Z")
@@ -47,8 +48,22 @@ def parse_pending(name):
         return None, None
 
 
-def claim_name(job_id, wid):
-    return f"{job_id}@{wid}.json"
+def claim_name(pending, wid):
+    """The claim of pending/PENDING by worker WID: the pending name with the worker added, so it
+    is unique per attempt (a worker's next claim of the same job never reuses the name that its
+    committer is about to remove) and tells where the job would go back to."""
+    return f"{pending[:-5]}@{wid}.json"
+
+
+def reclaim_name(cname, wid):
+    """The same claim taken over by worker WID (recovery)."""
+    stem, _, rest = cname.rpartition("@")
+    return f"{stem}@{wid}.{'adopt' if rest.endswith('.adopt') else 'json'}"
+
+
+def pending_of_claim(cname):
+    """The pending/ name a job claim came from."""
+    return cname.rpartition("@")[0] + ".json"
 
 
 def adopt_name(original, wid):
@@ -59,7 +74,7 @@ def parse_claim(name):
     """A processing/ name -> (kind, key, worker id) with kind 'job' or 'adopt'; None if neither."""
     m = CLAIM_RE.match(name)
     if m:
-        return "job", m.group(1), m.group(2)
+        return "job", m.group(2), m.group(3)
     m = ADOPT_RE.match(name)
     if m:
         return "adopt", m.group(1), m.group(2)
@@ -267,16 +282,46 @@ class Spool:
     def _tmp_path(self, purpose):
         return self.path("tmp", f"qc-{self.wid}-{os.urandom(6).hex()}.{purpose}")
 
+    def _stage(self, datas, purpose="write"):
+        """Write each of DATAS to a new file in tmp/ and fsync them all: the fsyncs of one batch
+        share the disk's flushes. Returns the tmp paths; on an error none is left behind."""
+        paths, fds = [], []
+        try:
+            for data in datas:
+                path = self._tmp_path(purpose)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.file_mode)
+                paths.append(path)
+                fds.append(fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            for fd in fds:
+                os.fsync(fd)
+        except BaseException:
+            for path in paths:
+                _unlink_quiet(path)
+            raise
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return paths
+
+    def _publish(self, moves):
+        """Rename each staged (tmp path, folder, name) into place, then fsync each folder once."""
+        try:
+            for i, (tmp, folder, name) in enumerate(moves):
+                os.rename(tmp, self.path(folder, name))
+        except BaseException:
+            for tmp, _, _ in moves[i:]:
+                _unlink_quiet(tmp)
+            raise
+        for folder in dict.fromkeys(folder for _, folder, _ in moves):
+            fsync_dir(self.dir(folder))
+
     def _commit(self, data, folder, name, purpose="write"):
         """Write DATA to tmp/, fsync, rename to FOLDER/NAME, fsync FOLDER: the commit point."""
-        tmp = self._tmp_path(purpose)
-        write_file(tmp, data, self.file_mode)
-        try:
-            os.rename(tmp, self.path(folder, name))
-        except BaseException:
-            _unlink_quiet(tmp)
-            raise
-        fsync_dir(self.dir(folder))
+        (tmp,) = self._stage([data], purpose)
+        self._publish([(tmp, folder, name)])
 
     # -- enqueue ------------------------------------------------------------------------------
 
@@ -296,35 +341,29 @@ class Spool:
             return None
 
     def enqueue(self, accepted):
-        """Store accepted jobs [(job, not_before)]: one fsync batch for all.
+        """Store accepted jobs [(job, not_before)] with one fsync batch for all (transition 1).
 
         Returns a list with, per job, its id or the QueuectlError that refused it.
         """
-        written, results = [], []
         try:
-            for job, nb in accepted:
-                tmp = self._tmp_path("enqueue")
-                write_file(tmp, jobdoc.dumps(job), self.file_mode, sync=False)
-                written.append((tmp, job, nb))
-            for tmp, _, _ in written:
-                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for tmp, job, nb in written:
-                if not self.reserve_id(job["id"], job["token"]):
+            staged = self._stage([jobdoc.dumps(job) for job, _ in accepted], "enqueue")
+        except OSError as e:
+            raise _os_error("cannot store the job", e) from None
+        results, moves = [], []
+        try:
+            for tmp, (job, nb) in zip(staged, accepted):
+                if self.reserve_id(job["id"], job["token"]):
+                    moves.append((tmp, "pending", pending_name(nb, job["id"])))
+                    results.append(job["id"])
+                else:
                     _unlink_quiet(tmp)
                     results.append(DuplicateId(f"a job with id {job['id']!r} already exists"))
-                    continue
-                os.rename(tmp, self.path("pending", pending_name(nb, job["id"])))
-                results.append(job["id"])
-            if any(isinstance(r, str) for r in results):
+            if moves:
                 fsync_dir(self.dir("ids"))
-                fsync_dir(self.dir("pending"))
+                self._publish(moves)
         except OSError as e:
-            for tmp, job, _ in written[len(results) :]:
-                if os.path.exists(tmp):
+            for tmp, job in zip(staged, (job for job, _ in accepted)):
+                if os.path.exists(tmp):  # not renamed: give its id back
                     _unlink_quiet(tmp)
                     if self.reservation(job["id"]) == job["token"]:
                         _unlink_quiet(self.path("ids", job["id"]))
@@ -350,7 +389,7 @@ class Spool:
 
         Returns the claim name, or None when another process won the rename.
         """
-        cname = claim_name(job_id, holder or self.wid)
+        cname = claim_name(name, holder or self.wid)
         try:
             os.rename(self.path("pending", name), self.path("processing", cname))
         except FileNotFoundError:
@@ -367,9 +406,9 @@ class Spool:
             return None
         return cname
 
-    def claim_final(self, folder, job_id):
+    def claim_final(self, folder, job_id, now=None):
         """Claim done/ID.json or dead/ID.json for a CLI command; None if it is not there."""
-        cname = claim_name(job_id, self.wid)
+        cname = claim_name(pending_name(now if now is not None else time.time(), job_id), self.wid)
         try:
             os.rename(self.path(folder, final_name(job_id)), self.path("processing", cname))
         except FileNotFoundError:
@@ -391,14 +430,25 @@ class Spool:
 
     def settle(self, cname, job, not_before=None):
         """Write JOB to the folder its state names, then drop the claim (transitions 5-9)."""
-        state = job["state"]
-        if state in FINAL_DIR:
-            folder, name = FINAL_DIR[state], final_name(job["id"])
-        else:
-            folder, name = "pending", pending_name(not_before, job["id"])
-        self._commit(jobdoc.dumps(job), folder, name)
-        _unlink_quiet(self.path("processing", cname))
-        return folder, name
+        return self.settle_many([(cname, job, not_before)])[0]
+
+    def settle_many(self, items):
+        """settle() for a batch [(claim name, job, not_before)], sharing the fsyncs.
+
+        Idempotent: each destination name is fixed by the job, so after an error (nothing is
+        left in tmp/) the whole batch can simply be settled again.
+        """
+        dests = []
+        for cname, job, nb in items:
+            if job["state"] in FINAL_DIR:
+                dests.append((FINAL_DIR[job["state"]], final_name(job["id"])))
+            else:
+                dests.append(("pending", pending_name(nb, job["id"])))
+        staged = self._stage([jobdoc.dumps(job) for _, job, _ in items])
+        self._publish([(tmp, folder, name) for tmp, (folder, name) in zip(staged, dests)])
+        for cname, _, _ in items:
+            _unlink_quiet(self.path("processing", cname))
+        return dests
 
     def unclaim_to(self, cname, folder, name):
         """Move a claim back where it came from, never replacing a file already there."""

@@ -27,6 +27,31 @@ def _no_move_pairing_delay():
         pass
 
 
+def _arrivals_observer():
+    """An observer that asks inotify for arrivals in pending/ only: a file renamed in
+    (IN_MOVED_TO), closed after writing (IN_CLOSE_WRITE) or created (IN_CREATE: not a regular
+    file, or a writer ignoring the tmp/ rule). Every claim renames a file out of pending/; with the
+    default mask each claim would cost every worker an event to decode and drop."""
+    from watchdog.events import DirCreatedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent
+    from watchdog.observers import Observer
+
+    filters = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, FileClosedEvent]
+    try:
+        from watchdog.observers.inotify import InotifyEmitter, InotifyFullEmitter
+        from watchdog.observers.inotify_c import InotifyConstants as C
+
+        class ArrivalsEmitter(InotifyFullEmitter):  # "full": a rename in is "moved", not "created"
+            def get_event_mask_from_filter(self):
+                return C.IN_MOVED_TO | C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_DELETE_SELF
+
+        observer = Observer()
+        if hasattr(InotifyEmitter, "get_event_mask_from_filter") and hasattr(observer, "_emitter_class"):
+            observer._emitter_class = ArrivalsEmitter
+        return observer, filters
+    except ImportError:  # not Linux: the platform's observer with watchdog's own mask
+        return Observer(), filters
+
+
 class PendingWatcher:
     def __init__(self, folder):
         self.folder = folder
@@ -44,7 +69,6 @@ class PendingWatcher:
         # watchdog logs an error when its thread stops mid-read; the worker logs what matters itself
         logging.getLogger("watchdog").setLevel(logging.CRITICAL)
         from watchdog.events import FileSystemEventHandler
-        from watchdog.observers import Observer
 
         watcher = self
 
@@ -53,12 +77,15 @@ class PendingWatcher:
                 path = getattr(event, "dest_path", "") or event.src_path
                 if isinstance(path, bytes):
                     path = os.fsdecode(path)
-                if os.path.dirname(path) == watcher.folder and event.event_type in ("created", "moved", "modified", "closed"):
-                    watcher.names.append(os.path.basename(path))
+                if os.path.dirname(path) == watcher.folder and event.event_type in ("created", "moved", "closed"):
+                    watcher.names.append((os.path.basename(path), event.event_type))
                     watcher.poke()
 
-        self._observer = Observer()
-        self._observer.schedule(Handler(), self.folder, recursive=False)
+        self._observer, filters = _arrivals_observer()
+        try:
+            self._observer.schedule(Handler(), self.folder, recursive=False, event_filter=filters)
+        except TypeError:  # watchdog < 4 has no event_filter
+            self._observer.schedule(Handler(), self.folder, recursive=False)
         self._observer.daemon = True
         self._observer.start()
 
@@ -69,7 +96,7 @@ class PendingWatcher:
             pass  # the pipe is full or closed: the worker is awake anyway
 
     def drain(self):
-        """Names reported since the last call (may repeat, may be gone already)."""
+        """(name, event type) reported since the last call (may repeat, may be gone already)."""
         try:
             while os.read(self.rfd, 4096):
                 pass

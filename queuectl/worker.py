@@ -16,6 +16,7 @@ import time
 
 from queuectl import policy, runner
 from queuectl import spool as sp
+from queuectl.committer import Committer
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.intake import Intake
@@ -27,6 +28,7 @@ from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 FAULT_BACKOFF_MAX = 30  # seconds; a worker facing a file-system fault waits, doubling up to this
+SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 
 
 class Worker:
@@ -40,7 +42,7 @@ class Worker:
         self.index = DueIndex()
         self._last_errors = set()
         self._fault_delay = 0.0
-        self._next_heartbeat = self._next_recovery = self._next_scan = 0.0
+        self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -49,10 +51,11 @@ class Worker:
         try:
             while not self.stop_requests:
                 now = time.time()
-                self.settings.refresh()
+                self.refresh_settings(now)
                 self.heartbeat(now)
                 self.recover(now)
                 self.intake_events(now)
+                self.collect()
                 claimed = self.claim(now)
                 if claimed:
                     self.run_and_finish(*claimed)
@@ -81,6 +84,9 @@ class Worker:
         self.recovery = Recovery(self.spool, self.settings, self.log)
         self.watcher = PendingWatcher(self.spool.dir("pending"))
         self.watcher.start()  # before the first scan, so no file slips between the two
+        self.committer = Committer(self.spool, self.fault, self.watcher.poke)
+        runner.seal_inherited_fds()
+        self.base_env = dict(os.environ)
         self.heartbeat(time.time())
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"r")
@@ -111,7 +117,9 @@ class Worker:
             self.watcher.drain()
             self.guard("scan pending/", self.intake.scan, now)
             return
-        for name in self.watcher.drain():
+        for name, kind in self.watcher.drain():
+            if kind == "created" and os.path.isfile(self.spool.path("pending", name)):
+                continue  # written in place, not renamed in: wait for its close (or the rescan)
             self.guard("read a new job", self.intake.consider, name, now)
 
     def claim(self, now):
@@ -144,7 +152,7 @@ class Worker:
             self.guard("release a job", self.spool.release, cname, pname)
             self.pause(self._fault_delay)
             return
-        env = dict(os.environ)
+        env = self.base_env.copy()
         env.update(job.get("env") or {})
         env.update(
             {
@@ -195,32 +203,37 @@ class Worker:
 
     def _tick(self):
         now = time.time()
-        self.settings.refresh()
+        self.refresh_settings(now)
         self.heartbeat(now)
 
+    def refresh_settings(self, now):
+        """Re-read config.json if it changed; a stat at most every SETTINGS_CHECK seconds."""
+        if now >= self._next_settings_check:
+            self._next_settings_check = now + SETTINGS_CHECK
+            self.settings.refresh()
+
     def finish(self, cname, job, nb):
-        """Commit the attempt's result; on a file-system fault keep the claim and try again."""
-        while True:
-            try:
-                folder, name = self.spool.settle(cname, job, nb)
-                break
-            except OSError as e:
-                self.fault(f"store the result of job {job['id']}", e)
-                if self.stop_requests >= 2:
-                    return  # the claim stays; recovery will count the attempt as lost
-                self.pause(self._fault_delay)
-        self._fault_delay = 0.0
-        state = job["state"]
-        self.counts[state if state != "failed" else "failed"] += 1
-        if state == "failed":
-            self.index.add(name, job.get("priority") or 0, nb, job.get("created_at") or "")
-            detail = f"retry at {iso(nb)}"
-        else:
-            detail = f"now {state}"
-        self.log(f"job {job['id']} attempt {job['attempts']}: {_describe(job)}, {detail}")
+        """Hand the attempt's result to the committer; collect() reports it once it is durable."""
+        self.committer.submit(cname, job, nb)
+
+    def collect(self):
+        """Account for results the committer has made durable."""
+        while self.committer.committed:
+            job, folder, name, nb = self.committer.committed.popleft()
+            state = job["state"]
+            self.counts[state] += 1
+            if state == "failed":
+                self.index.add(name, job.get("priority") or 0, nb, job.get("created_at") or "")
+                detail = f"retry at {iso(nb)}"
+            else:
+                detail = f"now {state}"
+            self.log(f"job {job['id']} attempt {job['attempts']}: {_describe(job)}, {detail}")
 
     def idle_for_good(self, now):
         """--burst: nothing due and nothing running anywhere in the spool."""
+        if not self.committer.idle:
+            return False
+        self.collect()
         self.intake.scan(now)
         if self.index.has_due(now):
             return False
@@ -245,6 +258,9 @@ class Worker:
         runner.drain_wakeup(self.wake_r)
 
     def teardown(self):
+        # a second stop signal does not wait long for a disk that refuses the results
+        self.committer.close(timeout=None if self.stop_requests < 2 else 5.0)
+        self.collect()
         self.watcher.stop()
         self.spool.remove_heartbeat(self.wid)
         c = self.counts

@@ -444,7 +444,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
     p = subprocess.Popen([QUEUECTL, "worker", "start", "--burst"], env=spool.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     spool.procs.append(p)
     try:
-        wait_until(lambda: any(n.startswith("hold@") for n in spool.ls("processing")), timeout=20)
+        wait_until(lambda: any("_hold@" in n for n in spool.ls("processing")), timeout=20)
         data = spool.json("status", "--json")
         assert set(data) == {"counts", "workers"}
         assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
@@ -483,7 +483,8 @@ def populated(tmp_path_factory):
     s.drop_in("junk.json", b"not json at all")
     burst(s)
     # a claim by a worker of another host: only read by the CLI in these tests
-    os.rename(s.path("pending", pending_file(s, "x-processing")), s.path("processing", "x-processing@elsewhere.4242.1.json"))
+    name = pending_file(s, "x-processing")
+    os.rename(s.path("pending", name), s.path("processing", name[:-5] + "@elsewhere.4242.1.json"))
     return s
 
 

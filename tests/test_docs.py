@@ -48,8 +48,9 @@ SAMPLES = [
     "job.json",
     ".hidden.json",
     "20261128T120000Z_.x.json",
+    "20261128T120000.123456Z_job-1@host.example.12.345.json",
     "job-1@host.example.12.345.json",
-    "job-1@host.12.json",
+    "20261128T120000Z_job-1@host.12.json",
     "some name.json@host.1.2.adopt",
     "job-1.3.log",
     "host.1.2.json",
@@ -71,6 +72,6 @@ def test_spool_layout_grammar_matches_the_code(name):
 def test_names_queuectl_writes_follow_the_documented_grammar():
     doc = _doc_regexes()
     assert doc["pending/"].match(spool.pending_name(1795000000.25, "job-1"))
-    assert doc["processing/"].match(spool.claim_name("job-1", "host.example.12.345"))
+    assert doc["processing/"].match(spool.claim_name(spool.pending_name(1795000000.25, "job-1"), "host.example.12.345"))
     assert doc["done/, dead/"].match(spool.final_name("job-1"))
     assert doc["logs/"].match(spool.log_name("job-1", 3))

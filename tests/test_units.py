@@ -143,12 +143,16 @@ def test_parse_stamp_and_stamp():
 
 def test_claim_names():
     wid = "host-1.example.1234.56789"
-    assert sp.claim_name("a.b", wid) == "a.b@host-1.example.1234.56789.json"
-    assert sp.parse_claim("a.b@host-1.example.1234.56789.json") == ("job", "a.b", wid)
+    pname = "20261128T120000.000000Z_a.b.json"
+    assert sp.claim_name(pname, wid) == "20261128T120000.000000Z_a.b@host-1.example.1234.56789.json"
+    assert sp.parse_claim("20261128T120000.000000Z_a.b@host-1.example.1234.56789.json") == ("job", "a.b", wid)
+    assert sp.pending_of_claim(sp.claim_name(pname, wid)) == pname
+    assert sp.reclaim_name(sp.claim_name(pname, wid), "other.1.2") == "20261128T120000.000000Z_a.b@other.1.2.json"
+    assert sp.reclaim_name(sp.adopt_name("x y", wid), "other.1.2") == "x y@other.1.2.adopt"
     assert sp.adopt_name("my job@x.json", wid) == "my job@x.json@host-1.example.1234.56789.adopt"
     assert sp.parse_claim("my job@x.json@host-1.example.1234.56789.adopt") == ("adopt", "my job@x.json", wid)
     assert sp.parse_claim("odd\nname@h.1.2.adopt") == ("adopt", "odd\nname", "h.1.2")
-    for bad in ("a@host.json", "a@host.1.json", "a@host.1.x.json", ".a@h.1.2.json", "a@h_x.1.2.json", "a.json", "a@h.1.2.adopt.json", "@h.1.2.adopt"):
+    for bad in ("a.b@host-1.example.1234.56789.json", "a@host.json", "a@host.1.json", "a@host.1.x.json", ".a@h.1.2.json", "a@h_x.1.2.json", "a.json", "a@h.1.2.adopt.json", "@h.1.2.adopt"):
         assert sp.parse_claim(bad) is None, bad
 
 
@@ -158,13 +162,13 @@ def test_real_worker_id_is_in_the_grammar():
     wid = worker_id()
     assert re.fullmatch(r"[A-Za-z0-9.-]+\.\d+\.\d+", wid)
     assert split_worker_id(wid)[1] == os.getpid()
-    assert sp.parse_claim(sp.claim_name("x", wid)) == ("job", "x", wid)
+    assert sp.parse_claim(sp.claim_name(sp.pending_name(1.5, "x"), wid)) == ("job", "x", wid)
 
 
 @HYP
 @given(job_id=ids, wid=worker_ids, original=st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and "\0" not in s))
 def test_claim_round_trip(job_id, wid, original):
-    assert sp.parse_claim(sp.claim_name(job_id, wid)) == ("job", job_id, wid)
+    assert sp.parse_claim(sp.claim_name(sp.pending_name(1795000000.5, job_id), wid)) == ("job", job_id, wid)
     assert sp.parse_claim(sp.adopt_name(original, wid)) == ("adopt", original, wid)
 
 
