@@ -84,7 +84,9 @@ class Worker:
         self.recovery = Recovery(self.spool, self.settings, self.log)
         self.watcher = PendingWatcher(self.spool.dir("pending"))
         self.watcher.start()  # before the first scan, so no file slips between the two
-        self.committer = Committer(self.spool, self.fault, self.watcher.poke)
+        self.committer = Committer(self.spool, self.fault, lambda: self.watcher.poke())
+        self._pending_ino = os.stat(self.spool.dir("pending")).st_ino
+        self.started_at = iso(time.time())
         runner.seal_inherited_fds()
         self.base_env = dict(os.environ)
         self.heartbeat(time.time())
@@ -100,16 +102,35 @@ class Worker:
         if now < self._next_heartbeat and not force:
             return
         self._next_heartbeat = now + self.settings["heartbeat-seconds"]
-        data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": getattr(self, "_started", None), "heartbeat_at": iso(now)}
-        if data["started_at"] is None:
-            data["started_at"] = self._started = iso(now)
+        data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": self.started_at, "heartbeat_at": iso(now)}
         self.guard("write heartbeat", self.spool.write_heartbeat, self.wid, json.dumps(data).encode())
 
     def recover(self, now):
         if now < self._next_recovery:
             return
         self._next_recovery = now + self.settings["heartbeat-seconds"]
-        self.guard("recover", self.recovery.run, now)
+        if self.check_spool():
+            self.guard("recover", self.recovery.run, now)
+
+    def check_spool(self):
+        """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
+        Back, or replaced by a new folder: watch it again and rescan it."""
+        try:
+            ino = os.stat(self.spool.dir("pending")).st_ino
+        except OSError as e:
+            self.fault("find the spool's pending/ folder", e)
+            return False
+        if ino != self._pending_ino:
+            if self._pending_ino is not None:
+                self.log("pending/ is back: watching it again")
+                self._last_errors.clear()
+                self.watcher.stop()
+                self.watcher = PendingWatcher(self.spool.dir("pending"))
+                self.watcher.start()
+                runner.seal_inherited_fds()
+                self._next_scan = 0.0
+            self._pending_ino = ino
+        return True
 
     def intake_events(self, now):
         if now >= self._next_scan:
