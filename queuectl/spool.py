@@ -362,10 +362,10 @@ class Spool:
                 fsync_dir(self.dir("ids"))
                 self._publish(moves)
         except OSError as e:
-            for tmp, job in zip(staged, (job for job, _ in accepted)):
-                if os.path.exists(tmp):  # not renamed: give its id back
-                    _unlink_quiet(tmp)
-                    if self.reservation(job["id"]) == job["token"]:
+            for tmp, (job, nb) in zip(staged, accepted):
+                _unlink_quiet(tmp)
+                if not os.path.lexists(self.path("pending", pending_name(nb, job["id"]))):
+                    if self.reservation(job["id"]) == job["token"]:  # not stored: give its id back
                         _unlink_quiet(self.path("ids", job["id"]))
             raise _os_error("cannot store the job", e) from None
         return results

@@ -28,6 +28,7 @@ from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 FAULT_BACKOFF_MAX = 30  # seconds; a worker facing a file-system fault waits, doubling up to this
+FAULT_RELOG = 600  # seconds before the same fault is logged again
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 
 
@@ -40,8 +41,9 @@ class Worker:
         self.stop_requests = 0
         self.counts = {"completed": 0, "failed": 0, "dead": 0}
         self.index = DueIndex()
-        self._last_errors = set()
+        self._last_errors = {}  # message -> when it was last logged
         self._fault_delay = 0.0
+        self._hold_until = 0.0
         self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
@@ -56,7 +58,7 @@ class Worker:
                 self.recover(now)
                 self.intake_events(now)
                 self.collect()
-                claimed = self.claim(now)
+                claimed = self.claim(now) if now >= self._hold_until else None
                 if claimed:
                     self.run_and_finish(*claimed)
                 elif self.burst and self.idle_for_good(now):
@@ -171,7 +173,6 @@ class Worker:
         if not self.spool.logs_writable():
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
             self.guard("release a job", self.spool.release, cname, pname)
-            self.pause(self._fault_delay)
             return
         env = self.base_env.copy()
         env.update(job.get("env") or {})
@@ -201,10 +202,11 @@ class Worker:
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
             self.guard("release a job", self.spool.release, cname, pname)
-            self.pause(self._fault_delay)
             return
         if attempt.log_error is not None:
             self.fault(f"write the log of job {job['id']}", attempt.log_error)
+        else:
+            self.fault_cleared()
         if attempt.interrupted:
             self.guard("release a job", self.spool.release, cname, pname)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
@@ -265,7 +267,9 @@ class Worker:
         deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan)
         nxt = self.index.next_due()
         if nxt is not None:
-            deadline = min(deadline, nxt)
+            deadline = min(deadline, max(nxt, self._hold_until))
+        elif now < self._hold_until and self.index.has_due(now):
+            deadline = min(deadline, self._hold_until)
         timeout = max(0.0, deadline - now)
         if self.burst:
             timeout = min(timeout, 0.05)  # others' jobs finish in done/, which is not watched
@@ -302,11 +306,17 @@ class Worker:
 
     def fault(self, action, error):
         msg = f"cannot {action}: {error.strerror or error}"
-        if msg not in self._last_errors:
-            self._last_errors.add(msg)
+        now = time.time()
+        if now - self._last_errors.get(msg, -FAULT_RELOG) >= FAULT_RELOG:
+            self._last_errors[msg] = now
             self.log(msg + " (will keep trying)")
+        # claims wait out the fault, doubling the wait while it lasts (events cannot cut it short)
         self._fault_delay = min(max(self._fault_delay * 2, 0.1), FAULT_BACKOFF_MAX)
-        self._next_scan = min(self._next_scan, time.time() + self._fault_delay)
+        self._hold_until = time.time() + self._fault_delay
+        self._next_scan = min(self._next_scan, self._hold_until)
+
+    def fault_cleared(self):
+        self._fault_delay = 0.0
 
     def log(self, msg):
         try:

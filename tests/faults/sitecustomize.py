@@ -1,0 +1,60 @@
+"""Fault injection for tests: loaded by every Python process whose PYTHONPATH holds this folder.
+
+Inactive unless QUEUECTL_FAULTS names a rules file. Each line of that file is
+    ERRNO FUNCTION [PATH-SUBSTRING]
+for example `ENOSPC write /tmp/qc-` or `EMFILE pipe`. While the line is in the file, calls of
+os.FUNCTION whose path (for fd functions: the fd's path) contains PATH-SUBSTRING fail with that
+errno. Tests edit the file to start and end a fault; each hit appends a line to RULES.hits.
+"""
+
+import errno
+import os
+
+RULES = os.environ.get("QUEUECTL_FAULTS")
+
+if RULES:
+    _real = {name: getattr(os, name) for name in ("open", "write", "rename", "link", "mkdir", "fsync", "pipe", "posix_spawn", "unlink", "replace")}
+    _cache = {"mtime": None, "rules": []}
+
+    def _rules():
+        try:
+            mtime = os.stat(RULES).st_mtime_ns
+        except OSError:
+            return []
+        if mtime != _cache["mtime"]:
+            rules = []
+            with open(RULES) as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 2:
+                        rules.append((getattr(errno, parts[0]), parts[1], parts[2] if len(parts) > 2 else ""))
+            _cache.update(mtime=mtime, rules=rules)
+        return _cache["rules"]
+
+    def _path_of(arg):
+        if isinstance(arg, int):
+            try:
+                return os.readlink(f"/proc/self/fd/{arg}")
+            except OSError:
+                return ""
+        return os.fsdecode(arg) if isinstance(arg, (str, bytes, os.PathLike)) else ""
+
+    def _wrap(name):
+        real = _real[name]
+
+        def wrapper(*args, **kwargs):
+            for code, fn, where in _rules():
+                if fn != name:
+                    continue
+                paths = [_path_of(a) for a in args[:2]] if args else [""]
+                if not where or any(where in p for p in paths):
+                    with open(RULES + ".hits", "a") as f:
+                        f.write(f"{os.getpid()} {name} {paths[0]}\n")
+                    raise OSError(code, os.strerror(code), paths[0] or None)
+            return real(*args, **kwargs)
+
+        wrapper.__name__ = name
+        return wrapper
+
+    for _name in _real:
+        setattr(os, _name, _wrap(_name))
