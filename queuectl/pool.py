@@ -14,8 +14,11 @@ import time
 from queuectl.errors import QueuectlError
 from queuectl.procs import is_alive_here, on_this_host, split_worker_id
 
-RESTART_LIMIT = 10  # replacements within RESTART_WINDOW seconds before the supervisor gives up
-RESTART_WINDOW = 60.0
+# A crash loop: workers dying within QUICK_DEATH seconds of their start, CRASH_LOOP times within
+# CRASH_WINDOW seconds. Then the supervisor stops replacing them; other deaths are always replaced.
+QUICK_DEATH = 1.0
+CRASH_LOOP = 5
+CRASH_WINDOW = 10.0
 
 
 def _fork_worker(spool, burst, ready_w, stats_w):
@@ -45,10 +48,10 @@ class Supervisor:
         self.spool = spool
         self.count = count
         self.burst = burst
-        self.children = {}  # pid -> True while it runs
+        self.children = {}  # pid -> when it started (monotonic), while it runs
         self.stopping = 0
         self.totals = {"completed": 0, "failed": 0, "dead": 0}
-        self.restarts = []
+        self.quick_deaths = []
 
     def _on_signal(self, signum, frame):
         self.stopping += 1
@@ -80,10 +83,10 @@ class Supervisor:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            self.children.pop(pid, None)
+            started = self.children.pop(pid, None)
             self._collect_stats()
-            if os.WIFSIGNALED(status) and not self.stopping:
-                self._replace(pid, status)
+            if os.WIFSIGNALED(status) and not self.stopping and started is not None:
+                self._replace(pid, status, started)
         os.close(stats_w)
         self._collect_stats()
         t = self.totals
@@ -92,14 +95,15 @@ class Supervisor:
 
     def _start(self, ready_w):
         pid = _fork_worker(self.spool, self.burst, ready_w, self._stats_w)
-        self.children[pid] = True
+        self.children[pid] = time.monotonic()
 
-    def _replace(self, pid, status):
+    def _replace(self, pid, status, started):
         now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
+        if now - started < QUICK_DEATH:
+            self.quick_deaths = [t for t in self.quick_deaths if now - t < CRASH_WINDOW] + [now]
         sig = os.WTERMSIG(status)
-        if len(self.restarts) > RESTART_LIMIT:
-            print(f"queuectl: worker {pid} died (signal {sig}); too many restarts, not replacing it", file=sys.stderr)
+        if len(self.quick_deaths) >= CRASH_LOOP:
+            print(f"queuectl: worker {pid} died (signal {sig}); workers keep dying at start, not replacing it", file=sys.stderr)
             return
         print(f"queuectl: worker {pid} died (signal {sig}); starting a replacement", file=sys.stderr)
         r, w = os.pipe()
