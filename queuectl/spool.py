@@ -125,6 +125,41 @@ def write_file(path, data, mode=0o600, sync=True):
     os.close(fd)
 
 
+SYNCFS_MIN = 32  # from this many files on, one syncfs beats an fsync per file
+
+
+def flush(fds):
+    """Make the data of FDS durable: an fsync each, or for a large batch one syncfs(2) of the
+    whole file system (Linux), which waits for one journal commit instead of one per file."""
+    if len(fds) >= SYNCFS_MIN and _syncfs(fds[0]):
+        return
+    for fd in fds:
+        os.fsync(fd)
+
+
+_libc = None
+
+
+def _syncfs(fd):
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syncfs  # noqa: B018 - raises AttributeError where there is none
+        except (OSError, AttributeError, ImportError):
+            _libc = False
+    if not _libc:
+        return False
+    if _libc.syncfs(fd) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
+
+
 def write_atomic(path, data):
     """Replace PATH with DATA: write beside it, fsync, rename, fsync the folder."""
     tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -295,8 +330,7 @@ class Spool:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-            for fd in fds:
-                os.fsync(fd)
+            flush(fds)
         except BaseException:
             for path in paths:
                 _unlink_quiet(path)
@@ -325,20 +359,36 @@ class Spool:
 
     # -- enqueue ------------------------------------------------------------------------------
 
-    def reserve_id(self, job_id, token):
-        """Create ids/ID exclusively, holding TOKEN. False if the id is taken."""
+    def reserve_id(self, job_id, token, src=None):
+        """Take ids/ID atomically (it fails if the id is taken: then False).
+
+        With SRC (a staged job file holding TOKEN), the reservation is a hard link to it: a link
+        costs a tenth of a file creation here, and the token is inside. Otherwise a new file
+        holding TOKEN (drop-in adoption).
+        """
         try:
-            write_file(self.path("ids", job_id), token.encode(), self.file_mode, sync=False)
+            if src is not None:
+                os.link(src, self.path("ids", job_id), follow_symlinks=False)
+            else:
+                write_file(self.path("ids", job_id), token.encode(), self.file_mode, sync=False)
         except FileExistsError:
             return False
         return True
 
     def reservation(self, job_id):
+        """The token that holds ID, or None. ('' for a reservation that cannot be read.)"""
         try:
-            with open(self.path("ids", job_id), "rb") as f:
-                return f.read().decode("ascii", "replace")
+            data = read_regular(self.path("ids", job_id), 1 << 30)
         except FileNotFoundError:
             return None
+        except (OSError, JobInvalid):
+            return ""
+        if data.startswith(b"{"):  # a link to the job as it was enqueued
+            try:
+                return str(jobdoc.parse_bytes(data).get("token") or "")
+            except JobInvalid:
+                return ""
+        return data.decode("ascii", "replace")
 
     def enqueue(self, accepted):
         """Store accepted jobs [(job, not_before)] with one fsync batch for all (transition 1).
@@ -352,7 +402,7 @@ class Spool:
         results, moves = [], []
         try:
             for tmp, (job, nb) in zip(staged, accepted):
-                if self.reserve_id(job["id"], job["token"]):
+                if self.reserve_id(job["id"], job["token"], src=tmp):
                     moves.append((tmp, "pending", pending_name(nb, job["id"])))
                     results.append(job["id"])
                 else:
