@@ -23,6 +23,20 @@ def unsafe_name(name):
     return None
 
 
+def invalid_reason(spool, folder, name, original, max_bytes):
+    """Why FOLDER/NAME (a drop-in first named ORIGINAL) is not a valid job, or None if it is."""
+    why = unsafe_name(original)
+    if why:
+        return why
+    try:
+        spool.read(folder, name, max_bytes)
+    except JobInvalid as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot be read: {e.strerror or e}"
+    return None
+
+
 def adoption_identity(name, doc, st):
     """(id, token) of a drop-in: the same for the same file, so an interrupted adoption resumes."""
     token = f"a{st.st_ino:x}.{st.st_mtime_ns:x}"

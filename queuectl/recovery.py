@@ -7,11 +7,12 @@ transition table in spool_layout.md.
 
 import os
 import signal
+import time
 
 from queuectl import policy
 from queuectl import spool as sp
 from queuectl.errors import JobInvalid
-from queuectl.intake import adoption_identity
+from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.procs import hostname, is_alive_here, on_this_host, split_worker_id
 from queuectl.runner import CLAIM_ENV
 
@@ -122,6 +123,11 @@ class Recovery:
 
     def _recover_adoption(self, mine, original):
         path = self.spool.path("processing", mine)
+        kept = self.spool.copy_in(path, "rejected", original)
+        if kept is not None:  # the dead worker was rejecting it: finish that
+            reason = invalid_reason(self.spool, "processing", mine, original, self.settings["max-job-bytes"])
+            self.spool.reject(mine, original, reason or "rejected by a worker that died before writing why", time.time())
+            return
         try:
             doc = self.spool.read("processing", mine, self.settings["max-job-bytes"])
             job_id, token = adoption_identity(original, doc, os.lstat(path))
@@ -138,6 +144,9 @@ class Recovery:
         for wid in self.spool.worker_ids():
             if wid != self.spool.wid and holder_is_dead(self.spool, wid, now, lease):
                 self.spool.remove_heartbeat(wid)
+        for name, wid in self.spool.heartbeat_leftovers():
+            if wid != self.spool.wid and holder_is_dead(self.spool, wid, now, lease):
+                self.spool.drop_heartbeat_leftover(name)
 
     def tmp(self, now):
         lease = self.settings["lease-seconds"]

@@ -369,8 +369,14 @@ class Spool:
         try:
             if src is not None:
                 os.link(src, self.path("ids", job_id), follow_symlinks=False)
-            else:
-                write_file(self.path("ids", job_id), token.encode(), self.file_mode, sync=False)
+                return True
+            # the token is written before the name appears: a crash cannot leave an empty entry
+            tmp = self._tmp_path("write")
+            write_file(tmp, token.encode(), self.file_mode, sync=False)
+            try:
+                os.link(tmp, self.path("ids", job_id), follow_symlinks=False)
+            finally:
+                _unlink_quiet(tmp)
         except FileExistsError:
             return False
         return True
@@ -507,38 +513,63 @@ class Spool:
 
     # -- rejected/ ----------------------------------------------------------------------------
 
-    def _link_no_replace(self, src, folder, name):
-        """Move SRC to FOLDER/NAME, or NAME.1, NAME.2... if taken. Returns the name used."""
+    def _place(self, src, folder, name):
+        """Give SRC a second name in FOLDER: NAME, or NAME.1, NAME.2... if taken (never replacing a
+        file). A folder cannot be linked: it is renamed instead. Returns the name used."""
         base, n = name, 0
         while True:
             dst = self.path(folder, name)
             try:
                 os.link(src, dst, follow_symlinks=False)
+                return name
             except FileExistsError:
-                n += 1
-                name = f"{base}.{n}"
-                continue
+                pass
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.EISDIR, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                     raise
-                if os.path.lexists(dst):  # a folder cannot be linked: rename if the name is free
-                    n += 1
-                    name = f"{base}.{n}"
-                    continue
-                os.rename(src, dst)
+                if not os.path.lexists(dst):
+                    os.rename(src, dst)
+                    return name
+            n += 1
+            name = f"{base}.{n}"
+
+    def _link_no_replace(self, src, folder, name):
+        """Move SRC to FOLDER/NAME (or NAME.N), durable in FOLDER before SRC goes. Returns the name."""
+        name = self._place(src, folder, name)
+        fsync_dir(self.dir(folder))
+        _unlink_quiet(src)
+        return name
+
+    def copy_in(self, src, folder, name):
+        """The name under which FOLDER holds the very file SRC (NAME or NAME.N), or None."""
+        ino = os.lstat(src).st_ino
+        base, n = name, 0
+        while os.path.lexists(self.path(folder, name)):
+            if os.lstat(self.path(folder, name)).st_ino == ino:
                 return name
-            os.unlink(src)
-            return name
+            n += 1
+            name = f"{base}.{n}"
+        return None
 
     def reject(self, cname, original, reason, now):
-        """Move a claimed bad file to rejected/ under its own name, with NAME.reason beside it."""
-        name = self._link_no_replace(self.path("processing", cname), "rejected", original)
+        """Move a claimed bad file to rejected/ under its own name, with NAME.reason beside it.
+
+        Order: link into rejected/, write the reason, fsync rejected/, drop the claim. A crash in
+        between leaves the claim, and recovery finishes the rejection (see copy_in)."""
+        src = self.path("processing", cname)
+        name = self.copy_in(src, "rejected", original)
+        if name is None:
+            name = self._place(src, "rejected", original)
+        self._write_reason(name, reason, now)
+        fsync_dir(self.dir("rejected"))
+        _unlink_quiet(src)
+        return name
+
+    def _write_reason(self, name, reason, now):
         try:
             write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         except FileExistsError:
             pass
-        fsync_dir(self.dir("rejected"))
-        return name
 
     def reject_tmp(self, name, reason, now):
         src = self.path("tmp", name)
@@ -644,6 +675,17 @@ class Spool:
         tmp = self.path("workers", f".{wid}.{os.urandom(3).hex()}.tmp")
         write_file(tmp, data, self.file_mode, sync=False)
         os.rename(tmp, path)
+
+    def heartbeat_leftovers(self):
+        """[(name, worker id)] of heartbeat temporary files (a worker died while writing one)."""
+        out = []
+        for name in self.listdir("workers"):
+            if name.startswith(".") and name.endswith(".tmp"):
+                out.append((name, name[1:].rsplit(".", 2)[0]))
+        return out
+
+    def drop_heartbeat_leftover(self, name):
+        _unlink_quiet(self.path("workers", name))
 
     def remove_heartbeat(self, wid):
         _unlink_quiet(self.heartbeat_path(wid))

@@ -32,10 +32,11 @@ def _arrivals_observer():
     (IN_MOVED_TO), closed after writing (IN_CLOSE_WRITE) or created (IN_CREATE: not a regular
     file, or a writer ignoring the tmp/ rule). Every claim renames a file out of pending/; with the
     default mask each claim would cost every worker an event to decode and drop."""
-    from watchdog.events import DirCreatedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent
+    from watchdog.events import DirCreatedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent, FileMovedEvent
     from watchdog.observers import Observer
 
-    filters = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, FileClosedEvent]
+    # DirMovedEvent: a folder renamed into pending/ must be seen (and rejected) at once too
+    filters = [FileCreatedEvent, DirCreatedEvent, FileMovedEvent, DirMovedEvent, FileClosedEvent]
     try:
         from watchdog.observers.inotify import InotifyEmitter, InotifyFullEmitter
         from watchdog.observers.inotify_c import InotifyConstants as C

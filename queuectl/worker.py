@@ -11,6 +11,7 @@ import json
 import os
 import select
 import signal
+import stat
 import sys
 import time
 
@@ -141,9 +142,18 @@ class Worker:
             self.guard("scan pending/", self.intake.scan, now)
             return
         for name, kind in self.watcher.drain():
-            if kind == "created" and os.path.isfile(self.spool.path("pending", name)):
+            if kind == "created" and self._written_in_place(name):
                 continue  # written in place, not renamed in: wait for its close (or the rescan)
             self.guard("read a new job", self.intake.consider, name, now)
+
+    def _written_in_place(self, name):
+        """A regular file that open() created in pending/? Not a symlink (isfile follows it) nor a
+        hard link (maildir's link(2) delivery): those get no close event, so they are read at once."""
+        try:
+            st = os.lstat(self.spool.path("pending", name))
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
     def claim(self, now):
         """Win the rename of the best due job: (claim name, pending name, job), or None."""

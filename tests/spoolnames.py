@@ -1,0 +1,58 @@
+"""The spool's file names as spool_layout.md states them (read from the document, not from
+queuectl/spool.py), for tests that look at a spool from the outside."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+with open(os.path.join(ROOT, "spool_layout.md"), encoding="utf-8") as _f:
+    LAYOUT = _f.read()
+
+ID = re.search(r"ID = (\S+)", LAYOUT).group(1)
+WORKER = re.search(r"`WORKER = ([^`]+)`", LAYOUT).group(1)
+_TIME = r"(\d{8}T\d{6}(?:\.\d{1,6})?Z)"
+
+
+def _rows(folder):
+    return re.findall(r"^\| " + re.escape(folder) + r" \| [^|]+ \| `([^`]+)`", LAYOUT, re.M)
+
+
+def _compile(doc_regex):
+    """A regex of the document -> a compiled one with named groups time, id, worker, original."""
+    r = doc_regex.replace(_TIME, f"(?P<time>{_TIME[1:]}", 1)
+    r = r.replace("(ID)", f"(?P<id>{ID})").replace("(WORKER)", f"(?P<worker>{WORKER})").replace("(.+)", "(?P<original>.+)")
+    if r.endswith("$"):
+        r = r[:-1] + r"\Z"
+    return re.compile(r, re.S)
+
+
+(PENDING_RE,) = [_compile(r) for r in _rows("pending/")]
+CLAIM_RE = next(_compile(r) for r in _rows("processing/") if r.endswith(r"\.json$"))
+ADOPT_RE = next(_compile(r) for r in _rows("processing/") if r.endswith(r"\.adopt$"))
+
+
+def parse_claim(name):
+    """A processing/ name -> ("job", id, worker), ("adopt", original name, worker), or None."""
+    m = CLAIM_RE.match(name)
+    if m:
+        return "job", m.group("id"), m.group("worker")
+    m = ADOPT_RE.match(name)
+    if m:
+        return "adopt", m.group("original"), m.group("worker")
+    return None
+
+
+def reserved_token(root, job_id):
+    """The token that ids/ID names (spool_layout.md, "Ids"): a hard link to the job file as it
+    was enqueued, or a small file holding the token. None if the id is not reserved."""
+    import json
+
+    try:
+        with open(os.path.join(root, "ids", job_id), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if data.startswith(b"{"):
+        return json.loads(data).get("token")
+    return data.decode("ascii", "replace")
