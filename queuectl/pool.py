@@ -14,8 +14,9 @@ import time
 from queuectl.errors import QueuectlError
 from queuectl.procs import is_alive_here, on_this_host, split_worker_id
 
-# A crash loop: workers dying within QUICK_DEATH seconds of their start, CRASH_LOOP times within
-# CRASH_WINDOW seconds. Then the supervisor stops replacing them; other deaths are always replaced.
+# A crash loop: workers dying by themselves (an exit status, a signal other than SIGKILL) within
+# QUICK_DEATH seconds of their start, CRASH_LOOP times within CRASH_WINDOW seconds. Then the
+# supervisor stops replacing them; other deaths are always replaced.
 QUICK_DEATH = 1.0
 CRASH_LOOP = 5
 CRASH_WINDOW = 10.0
@@ -85,7 +86,7 @@ class Supervisor:
                 break
             started = self.children.pop(pid, None)
             self._collect_stats()
-            if os.WIFSIGNALED(status) and not self.stopping and started is not None:
+            if (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0) and not self.stopping and started is not None:
                 self._replace(pid, status, started)
         os.close(stats_w)
         self._collect_stats()
@@ -99,13 +100,14 @@ class Supervisor:
 
     def _replace(self, pid, status, started):
         now = time.monotonic()
-        if now - started < QUICK_DEATH:
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        if now - started < QUICK_DEATH and not killed:  # SIGKILL comes from outside: not a crash
             self.quick_deaths = [t for t in self.quick_deaths if now - t < CRASH_WINDOW] + [now]
-        sig = os.WTERMSIG(status)
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}"
         if len(self.quick_deaths) >= CRASH_LOOP:
-            print(f"queuectl: worker {pid} died (signal {sig}); workers keep dying at start, not replacing it", file=sys.stderr)
+            print(f"queuectl: worker {pid} died ({how}); workers keep dying at start, not replacing it", file=sys.stderr)
             return
-        print(f"queuectl: worker {pid} died (signal {sig}); starting a replacement", file=sys.stderr)
+        print(f"queuectl: worker {pid} died ({how}); starting a replacement", file=sys.stderr)
         r, w = os.pipe()
         self._start(w)
         os.close(w)

@@ -18,6 +18,11 @@ def _read(spool, folder, name):
         return None  # it moved on (or is being rewritten): skip it in a snapshot
 
 
+def printable(name):
+    """A file name as text: bytes that are not UTF-8 shown as \\xNN, so JSON output stays valid."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def with_state(job, folder, name):
     """The job as shown to users: its state from the folder it is in, and where it waits."""
     job = dict(job)
@@ -93,7 +98,7 @@ def status(spool):
 def listing(spool, state=None, limit=None):
     """Jobs in STATE (all states when None), oldest first."""
     if state == "rejected":
-        out = [{"name": n, "state": "rejected", "reason": r} for n, r in spool.rejected()]
+        out = [{"name": printable(n), "state": "rejected", "reason": r} for n, r in spool.rejected()]
         return out[:limit] if limit is not None else out
     folders = [STATE_FOLDERS[state]] if state else ["pending", "processing", "done", "dead"]
     out = []

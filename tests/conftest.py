@@ -123,9 +123,17 @@ class Spool:
         for p in self.procs:
             try:
                 p.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a stuck pool: kill it and its workers' groups
+                for w in self.json("status", "--json")["workers"] if os.path.isdir(self.root) else []:
+                    try:
+                        os.killpg(w["pid"], signal.SIGKILL)
+                    except OSError:
+                        pass
                 p.kill()
-                p.communicate()
+                try:
+                    p.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 @pytest.fixture
