@@ -219,12 +219,13 @@ def drain_wakeup(fd):
             raise
 
 
-def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0):
+def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0, after_spawn=None):
     """Run one attempt to its end; its output goes to the fd OPEN_LOG() returns, created at the
     first byte (at most MAX_LOG_BYTES, 0: no cap). attempt.log_written says whether it was.
 
     on_tick() is called about every TICK seconds while the job runs (heartbeats, settings);
-    should_abort() returning True stops the job's whole process group (a second stop signal).
+    should_abort() returning True stops the job's whole process group (a second stop signal);
+    after_spawn() runs once the job has started (the worker settles earlier results meanwhile).
     """
     attempt = Attempt(now)
     if cwd is not None and not os.path.isdir(cwd):
@@ -242,6 +243,8 @@ def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on
     finally:
         os.close(pump.write_end)
     waiter = Waiter(pid, wakeup_fd, pump)
+    if after_spawn is not None:
+        after_spawn()
     deadline = now + timeout if timeout else None
     status = None
     try:

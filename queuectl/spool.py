@@ -50,8 +50,8 @@ def parse_pending(name):
 
 def claim_name(pending, wid):
     """The claim of pending/PENDING by worker WID: the pending name with the worker added, so it
-    is unique per attempt (a worker's next claim of the same job never reuses the name that its
-    committer is about to remove) and tells where the job would go back to."""
+    is unique per attempt (a worker's claim of a retry never reuses the name that the attempt
+    before still holds until it is settled) and tells where the job would go back to."""
     return f"{pending[:-5]}@{wid}.json"
 
 

@@ -2,6 +2,11 @@
 
     heartbeat -> recover -> claim -> run -> finish      (and wait, when nothing is due)
 
+A finished attempt is made durable while the next job runs: settling costs an fsync, a wait on the
+disk about as long as starting a trivial job, so the worker does it right after the next spawn
+(or before it sleeps). Until then the job stays claimed: a worker that dies in between has its
+attempt counted as lost and re-run, never lost.
+
 Each step lives where it belongs: names and renames in spool.py, intake of new files in
 intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py.
 """
@@ -17,7 +22,6 @@ import time
 
 from queuectl import policy, runner
 from queuectl import spool as sp
-from queuectl.committer import Committer
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.intake import Intake
@@ -46,6 +50,7 @@ class Worker:
         self._fault_delay = 0.0
         self._hold_until = 0.0
         self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
+        self.unsettled = []  # (claim name, job, not_before) of finished attempts not yet durable
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -58,14 +63,14 @@ class Worker:
                 self.heartbeat(now)
                 self.recover(now)
                 self.intake_events(now)
-                self.collect()
                 claimed = self.claim(now) if now >= self._hold_until else None
                 if claimed:
                     self.run_and_finish(*claimed)
-                elif self.burst and self.idle_for_good(now):
+                    continue
+                self.settle()
+                if self.burst and self.idle_for_good(now):
                     break
-                else:
-                    self.wait(now)
+                self.wait(now)
         finally:
             self.teardown()
         return 0
@@ -87,7 +92,6 @@ class Worker:
         self.recovery = Recovery(self.spool, self.settings, self.log)
         self.watcher = PendingWatcher(self.spool.dir("pending"))
         self.watcher.start()  # before the first scan, so no file slips between the two
-        self.committer = Committer(self.spool, self.fault, lambda: self.watcher.poke())
         self._pending_ino = os.stat(self.spool.dir("pending")).st_ino
         self.started_at = iso(time.time())
         runner.seal_inherited_fds()
@@ -208,6 +212,7 @@ class Worker:
                 on_tick=self._tick,
                 should_abort=lambda: self.stop_requests >= 2,
                 max_log_bytes=self.settings["max-log-bytes"],
+                after_spawn=self.settle,
             )
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
@@ -246,13 +251,22 @@ class Worker:
             self.settings.refresh()
 
     def finish(self, cname, job, nb):
-        """Hand the attempt's result to the committer; collect() reports it once it is durable."""
-        self.committer.submit(cname, job, nb)
+        """Queue the attempt's result; settle() makes it durable (while the next job runs)."""
+        self.unsettled.append((cname, job, nb))
 
-    def collect(self):
-        """Account for results the committer has made durable."""
-        while self.committer.committed:
-            job, folder, name, nb = self.committer.committed.popleft()
+    def settle(self):
+        """Commit the queued results in one batch (spool.settle_many), then account for them.
+
+        On a file-system fault the results stay queued, their jobs claimed, and claims pause."""
+        if not self.unsettled:
+            return True
+        try:
+            dests = self.spool.settle_many(self.unsettled)
+        except OSError as e:
+            self.fault("store the results of finished jobs", e)
+            return False
+        done, self.unsettled = self.unsettled, []
+        for (_, job, nb), (folder, name) in zip(done, dests):
             state = job["state"]
             self.counts[state] += 1
             if state == "failed":
@@ -261,12 +275,12 @@ class Worker:
             else:
                 detail = f"now {state}"
             self.log(f"job {job['id']} attempt {job['attempts']}: {_describe(job)}, {detail}")
+        return True
 
     def idle_for_good(self, now):
         """--burst: nothing due and nothing running anywhere in the spool."""
-        if not self.committer.idle:
+        if self.unsettled:
             return False
-        self.collect()
         self.intake.scan(now)
         if self.index.has_due(now):
             return False
@@ -293,9 +307,15 @@ class Worker:
         runner.drain_wakeup(self.wake_r)
 
     def teardown(self):
-        # a second stop signal does not wait long for a disk that refuses the results
-        self.committer.close(timeout=None if self.stop_requests < 2 else 5.0)
-        self.collect()
+        # results wait for a disk that refuses them; after a second stop signal, for 5 s at most
+        # (their claims stay, and recovery will count those attempts as lost)
+        give_up = None
+        while not self.settle():
+            if self.stop_requests >= 2:
+                give_up = give_up or time.monotonic() + 5.0
+                if time.monotonic() > give_up:
+                    break
+            self.pause(self._fault_delay)
         self.watcher.stop()
         self.spool.remove_heartbeat(self.wid)
         c = self.counts
