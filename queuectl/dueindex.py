@@ -8,7 +8,10 @@ import heapq
 
 
 class DueIndex:
+    MAX_DOCS = 1024  # parsed jobs kept for the next claims (a claim then needs no second read)
+
     def __init__(self):
+        self._docs = {}  # name -> the job as read when indexed, for up to MAX_DOCS names
         self._keys = {}  # name -> sort key, for names we know are (or were) in pending/
         self._scheduled = []  # heap of (not_before, key): not yet due
         self._ready = []  # heap of key = (-priority, not_before, created_at, name): due
@@ -19,20 +22,28 @@ class DueIndex:
     def __contains__(self, name):
         return name in self._keys
 
-    def add(self, name, priority, not_before, created_at):
+    def add(self, name, priority, not_before, created_at, doc=None):
         if name in self._keys:
             return
+        if doc is not None and len(self._docs) < self.MAX_DOCS:
+            self._docs[name] = doc
         key = (-priority, not_before, created_at, name)
         self._keys[name] = key
         heapq.heappush(self._scheduled, (not_before, key))
 
     def discard(self, name):
         self._keys.pop(name, None)
+        self._docs.pop(name, None)
+
+    def take_doc(self, name):
+        """The job read when NAME was indexed (names in pending/ are never rewritten), or None."""
+        return self._docs.pop(name, None)
 
     def retain(self, names):
         """Forget every name not in NAMES (after a full scan)."""
         for name in [n for n in self._keys if n not in names]:
             del self._keys[name]
+            self._docs.pop(name, None)
 
     def _promote(self, now):
         while self._scheduled and self._scheduled[0][0] <= now:

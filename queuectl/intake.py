@@ -84,7 +84,7 @@ class Intake:
             except (JobInvalid, OSError):
                 doc = None
             if doc is not None and doc.get("token") and doc.get("id") == job_id:
-                self.index.add(name, doc.get("priority") or 0, nb, doc.get("created_at") or "")
+                self.index.add(name, doc.get("priority") or 0, nb, doc.get("created_at") or "", doc)
                 return
         self.adopt(name, now)
 
@@ -123,7 +123,7 @@ class Intake:
             name_nb = sp.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now
         folder, new_name = self.spool.settle(cname, job, nb)
-        self.index.add(new_name, job["priority"], nb, job["created_at"])
+        self.index.add(new_name, job["priority"], nb, job["created_at"], job)
         self.log(f"adopted {name!r} as job {job_id}")
 
     def reject(self, cname, name, reason, now):

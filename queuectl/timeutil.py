@@ -11,9 +11,9 @@ _EPOCH = date(1970, 1, 1)
 
 
 def iso(ts):
-    """Epoch seconds -> '2026-11-28T12:00:00.000000Z'."""
+    """Epoch seconds -> '2026-11-28T12:00:00.000000Z' (hand-formatted: workers call it per attempt)."""
     dt = datetime.fromtimestamp(ts, timezone.utc)
-    return f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S.%fZ")  # %Y does not pad years < 1000
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (dt.year, dt.month, dt.day, dt.hour, dt.minute, dt.second, dt.microsecond)
 
 
 def parse_iso(text, field="time"):

@@ -96,13 +96,18 @@ class PendingWatcher:
         except (BlockingIOError, OSError):
             pass  # the pipe is full or closed: the worker is awake anyway
 
-    def drain(self):
-        """(name, event type) reported since the last call (may repeat, may be gone already)."""
+    def clear(self):
+        """Empty the wake-up pipe (the names stay queued): after the sleeper woke."""
         try:
             while os.read(self.rfd, 4096):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+
+    def drain(self):
+        """(name, event type) reported since the last call (may repeat, may be gone already).
+
+        Names are queued before the pipe is poked, so an empty queue needs no system call."""
         out = []
         while self.names:
             out.append(self.names.popleft())

@@ -3,9 +3,10 @@
     heartbeat -> recover -> claim -> run -> finish      (and wait, when nothing is due)
 
 A finished attempt is made durable while the next job runs: settling costs an fsync, a wait on the
-disk about as long as starting a trivial job, so the worker does it right after the next spawn
-(or before it sleeps). Until then the job stays claimed: a worker that dies in between has its
-attempt counted as lost and re-run, never lost.
+disk about as long as starting a trivial job, so the worker does it right after a later spawn,
+gathering up to SETTLE_BATCH results or SETTLE_DELAY seconds of them, or before it sleeps. Until
+then the job stays claimed: a worker that dies in between has its attempts counted as lost and
+re-run, never lost.
 
 Each step lives where it belongs: names and renames in spool.py, intake of new files in
 intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py.
@@ -35,6 +36,8 @@ RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify 
 FAULT_BACKOFF_MAX = 30  # seconds; a worker facing a file-system fault waits, doubling up to this
 FAULT_RELOG = 600  # seconds before the same fault is logged again
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
+SETTLE_BATCH = 16  # finished attempts settled together at most... (see Worker.settle_some)
+SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
 
 
 class Worker:
@@ -165,14 +168,16 @@ class Worker:
             name = self.index.pop_due(now)
             if name is None:
                 return None
-            _, job_id = sp.parse_pending(name)
+            doc = self.index.take_doc(name)
             try:
-                cname = self.spool.claim(name, job_id)
+                cname = self.spool.claim(name, None, self.wid)
             except OSError as e:
                 self.fault("claim a job", e)
                 return None
             if cname is None:
                 continue  # another worker won this one
+            if doc is not None:
+                return cname, name, doc
             try:
                 return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"], self.intake.owners())
             except JobInvalid as e:
@@ -212,7 +217,7 @@ class Worker:
                 on_tick=self._tick,
                 should_abort=lambda: self.stop_requests >= 2,
                 max_log_bytes=self.settings["max-log-bytes"],
-                after_spawn=self.settle,
+                after_spawn=self.settle_some,
             )
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
@@ -226,18 +231,7 @@ class Worker:
             self.guard("release a job", self.spool.release, cname, pname)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
-        job, nb = policy.record_attempt(
-            job,
-            started=attempt.started,
-            finished=attempt.finished,
-            exit_code=attempt.exit_code,
-            error=attempt.error,
-            worker=self.wid,
-            log=sp.log_name(job["id"], seq) if attempt.log_written else None,
-            base=self.settings["backoff-base"],
-            maximum=self.settings["backoff-max"],
-        )
-        self.finish(cname, job, nb)
+        self.finish(cname, job, attempt, sp.log_name(job["id"], seq) if attempt.log_written else None)
 
     def _tick(self):
         now = time.time()
@@ -250,14 +244,37 @@ class Worker:
             self._next_settings_check = now + SETTINGS_CHECK
             self.settings.refresh()
 
-    def finish(self, cname, job, nb):
+    def finish(self, cname, job, attempt, log):
         """Queue the attempt's result; settle() makes it durable (while the next job runs)."""
-        self.unsettled.append((cname, job, nb))
+        if not self.unsettled:
+            self._oldest_unsettled = time.time()
+        self.unsettled.append((cname, job, attempt, log))
+
+    def settle_some(self):
+        """Settle while a job runs, once a batch is worth it: SETTLE_BATCH results, or the oldest
+        waiting SETTLE_DELAY seconds. Fewer, larger batches share their file-system flushes."""
+        if self.unsettled and (len(self.unsettled) >= SETTLE_BATCH or time.time() - self._oldest_unsettled >= SETTLE_DELAY):
+            self.settle()
 
     def settle(self):
-        """Commit the queued results in one batch (spool.settle_many), then account for them.
-
-        On a file-system fault the results stay queued, their jobs claimed, and claims pause."""
+        """Record the queued attempts and commit them in one batch (spool.settle_many), then
+        account for them. On a file-system fault they stay queued, their jobs claimed, and claims
+        pause."""
+        for i, item in enumerate(self.unsettled):
+            if len(item) == 4:  # not yet recorded: what the attempt means for its job
+                cname, job, attempt, log = item
+                job, nb = policy.record_attempt(
+                    job,
+                    started=attempt.started,
+                    finished=attempt.finished,
+                    exit_code=attempt.exit_code,
+                    error=attempt.error,
+                    worker=self.wid,
+                    log=log,
+                    base=self.settings["backoff-base"],
+                    maximum=self.settings["backoff-max"],
+                )
+                self.unsettled[i] = (cname, job, nb)
         if not self.unsettled:
             return True
         try:
@@ -301,9 +318,11 @@ class Worker:
 
     def pause(self, timeout):
         try:
-            select.select([self.watcher.rfd, self.wake_r], [], [], timeout)
+            ready, _, _ = select.select([self.watcher.rfd, self.wake_r], [], [], timeout)
         except InterruptedError:
-            pass
+            ready = []
+        if self.watcher.rfd in ready:
+            self.watcher.clear()
         runner.drain_wakeup(self.wake_r)
 
     def teardown(self):
