@@ -33,7 +33,7 @@ from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
-FAULT_BACKOFF_MAX = 30  # seconds; a worker facing a file-system fault waits, doubling up to this
+FAULT_BACKOFF_MAX = 5  # seconds; a worker facing a file-system fault waits, doubling up to this
 FAULT_RELOG = 600  # seconds before the same fault is logged again
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 SETTLE_BATCH = 16  # finished attempts settled together at most... (see Worker.settle_some)
