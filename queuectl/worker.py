@@ -36,6 +36,7 @@ RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify 
 FAULT_BACKOFF_MAX = 5  # seconds; a worker facing a file-system fault waits, doubling up to this
 FAULT_RELOG = 600  # seconds before the same fault is logged again
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
+WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
 SETTLE_BATCH = 16  # finished attempts settled together at most... (see Worker.settle_some)
 SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
 
@@ -69,8 +70,11 @@ class Worker:
                 claimed = self.claim(now) if now >= self._hold_until else None
                 if claimed:
                     self.run_and_finish(*claimed)
+                    self.watch(now)
                     continue
                 self.settle()
+                if self.watch(now, idle=True):
+                    continue  # look again at pending/ now that events will wake us
                 if self.burst and self.idle_for_good(now):
                     break
                 self.wait(now)
@@ -93,8 +97,8 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.intake = Intake(self.spool, self.index, self.settings, self.log)
         self.recovery = Recovery(self.spool, self.settings, self.log)
-        self.watcher = PendingWatcher(self.spool.dir("pending"))
-        self.watcher.start()  # before the first scan, so no file slips between the two
+        self.watcher = None  # started by watch(): first jobs need not wait for watchdog
+        self._watch_at = time.time() + WATCH_DELAY
         self._pending_ino = os.stat(self.spool.dir("pending")).st_ino
         self.started_at = iso(time.time())
         runner.seal_inherited_fds()
@@ -134,19 +138,33 @@ class Worker:
             if self._pending_ino is not None:
                 self.log("pending/ is back: watching it again")
                 self._last_errors.clear()
-                self.watcher.stop()
-                self.watcher = PendingWatcher(self.spool.dir("pending"))
-                self.watcher.start()
-                runner.seal_inherited_fds()
-                self._next_scan = 0.0
+                if self.watcher is not None:
+                    self.watcher.stop()
+                    self.watcher = None
+                self.watch(time.time(), idle=True)
             self._pending_ino = ino
+        return True
+
+    def watch(self, now, idle=False):
+        """Start watching pending/ (watchdog) WATCH_DELAY seconds after the start, or at the first
+        idle moment if sooner, then rescan once: files that came meanwhile are not missed, and a
+        worker starts its first jobs without waiting for watchdog. True when it just started."""
+        if self.watcher is not None or (now < self._watch_at and not idle):
+            return False
+        self.watcher = PendingWatcher(self.spool.dir("pending"))
+        self.watcher.start()
+        runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
+        self._next_scan = 0.0
         return True
 
     def intake_events(self, now):
         if now >= self._next_scan:
             self._next_scan = now + RESCAN_SECONDS
-            self.watcher.drain()
+            if self.watcher is not None:
+                self.watcher.drain()
             self.guard("scan pending/", self.intake.scan, now)
+            return
+        if self.watcher is None:
             return
         for name, kind in self.watcher.drain():
             if kind == "created" and self._written_in_place(name):
@@ -318,10 +336,11 @@ class Worker:
 
     def pause(self, timeout):
         try:
-            ready, _, _ = select.select([self.watcher.rfd, self.wake_r], [], [], timeout)
+            fds = [self.wake_r] if self.watcher is None else [self.watcher.rfd, self.wake_r]
+            ready, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
             ready = []
-        if self.watcher.rfd in ready:
+        if self.watcher is not None and self.watcher.rfd in ready:
             self.watcher.clear()
         runner.drain_wakeup(self.wake_r)
 
@@ -335,7 +354,8 @@ class Worker:
                 if time.monotonic() > give_up:
                     break
             self.pause(self._fault_delay)
-        self.watcher.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         self.spool.remove_heartbeat(self.wid)
         c = self.counts
         self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
