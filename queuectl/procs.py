@@ -14,8 +14,15 @@ def hostname():
     return _HOST_BAD.sub("-", os.uname().nodename) or "localhost"
 
 
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
 def start_time(pid):
-    """The process start time in clock ticks since boot, or None if there is no such process."""
+    """The process start time in clock ticks since boot, or None if there is no such process.
+
+    Without /proc (not Linux): 0 for any live process (PID reuse cannot be told apart there)."""
+    if not _HAVE_PROC:
+        return _start_time_fallback(pid)
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
