@@ -67,7 +67,7 @@ class Intake:
 
     def scan(self, now):
         """Read pending/ in full: the start, and a safety net for missed events."""
-        names = self.spool.listdir("pending")
+        names = sorted(self.spool.listdir("pending"))  # due soonest first: those stay parsed in the index
         self.index.retain(set(names))
         for name in names:
             self.consider(name, now)

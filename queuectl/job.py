@@ -12,6 +12,7 @@ from queuectl.timeutil import iso, parse_iso
 
 ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 _ID_RE = re.compile(ID_PATTERN + r"\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 STATES = ("pending", "processing", "completed", "failed", "dead")
 
 
@@ -55,7 +56,12 @@ def parse_text(text):
         raise JobInvalid(f"not valid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise JobInvalid(f"a job must be a JSON object, got {_json_type(doc)}")
-    try:  # a lone surrogate (a JSON escape such as "\ud800", or a non-UTF-8 argument) cannot be stored as UTF-8
+    # a lone surrogate (a JSON escape such as "\ud800", or a non-UTF-8 argument) cannot be stored
+    # as UTF-8; only text with a \u escape or a surrogate character can hold one (the common case
+    # is decided by two substring searches instead of re-encoding the whole job)
+    if "\\u" not in text and not _SURROGATE.search(text):
+        return doc
+    try:
         json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
         raise JobInvalid(f"not valid Unicode: {e.object[e.start:e.end]!r} is a lone surrogate") from None
