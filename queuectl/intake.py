@@ -7,11 +7,14 @@ canonical name. Anything that is not a valid job is moved to rejected/ with the 
 
 import errno
 import os
+import stat
 
 from queuectl import job as jobdoc
 from queuectl import spool as sp
 from queuectl.errors import JobInvalid
 from queuectl.settings import trusted_uids
+
+WRITE_GRACE = 2.0  # seconds a young unparsable file in pending/ is given to be finished
 
 
 def unsafe_name(name):
@@ -57,6 +60,7 @@ class Intake:
         self.settings = settings
         self.log = log
         self._trusted = (None, None)
+        self.recheck_at = float("inf")  # when a file left alone by being_written() is due a look
 
     def owners(self):
         """The uids whose job files run: this worker's user and the trusted-users setting."""
@@ -86,7 +90,31 @@ class Intake:
             if doc is not None and doc.get("token") and doc.get("id") == job_id:
                 self.index.add(name, doc.get("priority") or 0, nb, doc.get("created_at") or "", doc)
                 return
+        if self.being_written(name, now):
+            return
         self.adopt(name, now)
+
+    def being_written(self, name, now):
+        """Is NAME a young regular file that does not parse yet and that a writer still has open
+        (written in place, not through tmp/)? Leave it until its close event, or for WRITE_GRACE
+        seconds where the open writer cannot be seen (see spool.open_for_writing)."""
+        try:
+            st = os.lstat(self.spool.path("pending", name))
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= WRITE_GRACE:
+            return False
+        try:
+            self.spool.read("pending", name, self.settings["max-job-bytes"])
+            return False
+        except JobInvalid:
+            pass
+        except OSError:
+            return False
+        if sp.open_for_writing(self.spool.path("pending", name)) is False:
+            return False  # complete as it is: reject it now
+        self.recheck_at = min(self.recheck_at, st.st_mtime + WRITE_GRACE)
+        return True
 
     def adopt(self, name, now):
         try:

@@ -218,6 +218,29 @@ def read_regular(path, max_bytes, owners=None):
     return data
 
 
+def open_for_writing(path):
+    """Does any process have PATH open for writing? True, False, or None when it cannot be told.
+
+    Linux: a read lease (F_SETLEASE) is granted only on a file nobody has open for writing; it
+    needs the file's owner or CAP_LEASE. Used only for young files that do not parse yet."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except AttributeError:
+        return None
+    except OSError as e:
+        return True if e.errno in (errno.EAGAIN, errno.EBUSY) else None
+    finally:
+        os.close(fd)
+
+
 def _user(uid):
     import pwd
 
@@ -351,11 +374,6 @@ class Spool:
             raise
         for folder in dict.fromkeys(folder for _, folder, _ in moves):
             fsync_dir(self.dir(folder))
-
-    def _commit(self, data, folder, name, purpose="write"):
-        """Write DATA to tmp/, fsync, rename to FOLDER/NAME, fsync FOLDER: the commit point."""
-        (tmp,) = self._stage([data], purpose)
-        self._publish([(tmp, folder, name)])
 
     # -- enqueue ------------------------------------------------------------------------------
 

@@ -158,8 +158,9 @@ class Worker:
         return True
 
     def intake_events(self, now):
-        if now >= self._next_scan:
+        if now >= self._next_scan or now >= self.intake.recheck_at:
             self._next_scan = now + RESCAN_SECONDS
+            self.intake.recheck_at = float("inf")
             if self.watcher is not None:
                 self.watcher.drain()
             self.guard("scan pending/", self.intake.scan, now)
@@ -323,7 +324,7 @@ class Worker:
 
     def wait(self, now):
         """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""
-        deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan)
+        deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan, self.intake.recheck_at)
         nxt = self.index.next_due()
         if nxt is not None:
             deadline = min(deadline, max(nxt, self._hold_until))

@@ -1,7 +1,6 @@
 """The supervisor replaces dead workers but gives up on a crash loop; recovery's sweep of tmp/."""
 
 import json
-import os
 import subprocess
 import time
 

@@ -4,7 +4,6 @@ These import queuectl directly; nothing here starts a process.
 """
 
 import json
-import math
 import os
 import re
 import time
