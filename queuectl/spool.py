@@ -13,7 +13,7 @@ from queuectl import job as jobdoc
 from queuectl.errors import DuplicateId, JobInvalid, NotFound, SpoolError
 from queuectl.job import ID_PATTERN
 from queuectl.procs import worker_id
-from queuectl.timeutil import iso, parse_stamp, stamp
+from queuectl.timeutil import iso, parse_iso, parse_stamp, stamp
 
 DIRS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
 FINAL_DIR = {"completed": "done", "dead": "dead"}
@@ -592,7 +592,7 @@ class Spool:
     def reject_tmp(self, name, reason, now):
         src = self.path("tmp", name)
         name = self._link_no_replace(src, "rejected", name)
-        write_file(self.path("rejected", name + REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
+        self._write_reason(name, reason, now)
         return name
 
     def reject_long_name(self, name, now):
@@ -730,15 +730,9 @@ class Spool:
 
     def roll_forward(self, name, job):
         """Finish an interrupted enqueue: its tmp/ file holds a complete job with its id reserved."""
-        nb = self._not_before(job)
+        nb = parse_iso(job.get("run_at") or job["created_at"])
         os.rename(self.path("tmp", name), self.path("pending", pending_name(nb, job["id"])))
         fsync_dir(self.dir("pending"))
-
-    @staticmethod
-    def _not_before(job):
-        from queuectl.timeutil import parse_iso
-
-        return parse_iso(job.get("run_at") or job["created_at"])
 
     def drop_tmp(self, name):
         _unlink_quiet(self.path("tmp", name))
