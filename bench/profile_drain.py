@@ -126,14 +126,13 @@ def cmd_cpu(args):
 
 
 STEPS = [
-    "worker.Worker.intake_events", "worker.Worker.claim", "worker.Worker.run_and_finish", "worker.Worker.finish",
-    "worker.Worker.collect", "worker.Worker.log", "worker.Worker.heartbeat", "worker.Worker.recover", "worker.Worker.wait",
-    "settings.Watched.refresh", "intake.Intake.scan", "intake.Intake.consider",
-    "spool.Spool.claim", "spool.Spool.read", "spool.read_regular", "spool.Spool.open_log", "spool.Spool.settle_many",
-    "spool.Spool._stage", "spool.Spool._publish", "spool._unlink_quiet", "spool.fsync_dir",
+    "worker.Worker.intake_events", "worker.Worker.claim", "worker.Worker.run_and_finish", "worker.Worker.settle",
+    "worker.Worker.log", "worker.Worker.heartbeat", "worker.Worker.recover", "worker.Worker.wait",
+    "settings.Watched.refresh", "intake.Intake.scan", "intake.Intake.consider", "results.Unsettled.settle",
+    "spool.Spool.take", "spool.Spool.read", "fsio.read_regular", "spool.Spool.open_log", "spool.Spool.finish_many",
+    "spool.Spool._stage", "spool.Spool._publish", "fsio.unlink_quiet", "fsio.fsync_dir",
     "runner.run", "runner.spawn", "runner.Waiter.wait", "runner.OutputPump.close",
     "policy.record_attempt", "job.parse_bytes", "job.validate", "job.dumps", "timeutil.iso", "timeutil.parse_stamp",
-    "committer.Committer.submit",
 ]
 
 
@@ -147,7 +146,7 @@ def cmd_steps(args):
 
     stats = {}  # name -> [calls, wall, cpu, thread names]
     lock = threading.Lock()
-    mods = [importlib.import_module(f"queuectl.{m}") for m in ("worker", "settings", "intake", "spool", "runner", "policy", "job", "timeutil", "committer", "dueindex", "recovery", "watch")]
+    mods = [importlib.import_module(f"queuectl.{m}") for m in ("worker", "settings", "intake", "spool", "fsio", "layout", "results", "runner", "policy", "job", "timeutil", "dueindex", "recovery", "watch")]
 
     def wrap(name, fn):
         def timed(*a, **kw):

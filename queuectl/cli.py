@@ -10,6 +10,7 @@ import sys
 import click
 
 from queuectl.errors import BadInput, QueuectlError
+from queuectl.layout import STATE_NAMES
 
 
 def _spool(ctx):
@@ -202,7 +203,7 @@ def status(ctx, as_json):
 
 
 @cli.command("list")
-@click.option("--state", type=click.Choice(["pending", "processing", "completed", "failed", "dead", "rejected"]), help="Only jobs in this state.")
+@click.option("--state", type=click.Choice(STATE_NAMES), help="Only jobs in this state.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
 @click.option("--limit", type=click.IntRange(0), help="At most this many jobs.")
 @click.pass_context
@@ -260,7 +261,7 @@ def logs(ctx, job_id):
     """
     from queuectl import views
 
-    data = views.read_log(views.latest_log(_spool(ctx), job_id))
+    data = views.latest_log(_spool(ctx), job_id)
     if data is None:
         click.echo(f"queuectl: job {job_id}: no output (it has not run yet, or its latest attempt printed nothing)", err=True)
         return 0

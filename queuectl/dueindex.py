@@ -31,10 +31,6 @@ class DueIndex:
         self._keys[name] = key
         heapq.heappush(self._scheduled, (not_before, key))
 
-    def discard(self, name):
-        self._keys.pop(name, None)
-        self._docs.pop(name, None)
-
     def take_doc(self, name):
         """The job read when NAME was indexed (names in pending/ are never rewritten), or None."""
         return self._docs.pop(name, None)

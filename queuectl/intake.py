@@ -10,7 +10,7 @@ import os
 import stat
 
 from queuectl import job as jobdoc
-from queuectl import spool as sp
+from queuectl import layout as L
 from queuectl.errors import JobInvalid
 from queuectl.settings import trusted_uids
 
@@ -26,13 +26,13 @@ def unsafe_name(name):
     return None
 
 
-def invalid_reason(spool, folder, name, original, max_bytes):
-    """Why FOLDER/NAME (a drop-in first named ORIGINAL) is not a valid job, or None if it is."""
-    why = unsafe_name(original)
+def invalid_reason(spool, claim, max_bytes):
+    """Why the drop-in under adoption CLAIM is not a valid job, or None if it is."""
+    why = unsafe_name(claim.origin)
     if why:
         return why
     try:
-        spool.read(folder, name, max_bytes)
+        spool.read_claim(claim, max_bytes)
     except JobInvalid as e:
         return str(e)
     except OSError as e:
@@ -43,7 +43,7 @@ def invalid_reason(spool, folder, name, original, max_bytes):
 def adoption_identity(name, doc, st):
     """(id, token) of a drop-in: the same for the same file, so an interrupted adoption resumes."""
     token = f"a{st.st_ino:x}.{st.st_mtime_ns:x}"
-    job_id = doc.get("id") or sp.dropin_id(name)
+    job_id = doc.get("id") or L.dropin_id(name)
     if not job_id:
         ms, digits = st.st_mtime_ns // 1_000_000, ""
         while ms:
@@ -79,12 +79,12 @@ class Intake:
     def consider(self, name, now):
         if name in self.index:
             return
-        nb, job_id = sp.parse_pending(name)
+        nb, job_id = L.parse_pending(name)
         if nb is not None:
             try:
                 doc = self.spool.read("pending", name, self.settings["max-job-bytes"], self.owners())
             except FileNotFoundError:
-                return  # claimed by someone else meanwhile
+                return  # RACE: another worker claimed it meanwhile; it is theirs
             except (JobInvalid, OSError):
                 doc = None
             if doc is not None and doc.get("token") and doc.get("id") == job_id:
@@ -97,11 +97,11 @@ class Intake:
     def being_written(self, name, now):
         """Is NAME a young regular file that does not parse yet and that a writer still has open
         (written in place, not through tmp/)? Leave it until its close event, or for WRITE_GRACE
-        seconds where the open writer cannot be seen (see spool.open_for_writing)."""
+        seconds where the open writer cannot be seen (see fsio.has_writer)."""
         try:
-            st = os.lstat(self.spool.path("pending", name))
+            st = self.spool.stat("pending", name)
         except OSError:
-            return False
+            return False  # RACE: claimed or removed meanwhile: adopt() will find it gone
         if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= WRITE_GRACE:
             return False
         try:
@@ -111,14 +111,14 @@ class Intake:
             pass
         except OSError:
             return False
-        if sp.open_for_writing(self.spool.path("pending", name)) is False:
+        if self.spool.has_writer(name) is False:
             return False  # complete as it is: reject it now
         self.recheck_at = min(self.recheck_at, st.st_mtime + WRITE_GRACE)
         return True
 
     def adopt(self, name, now):
         try:
-            cname = self.spool.claim_for_adoption(name)
+            claim = self.spool.take("adopt", name)
         except OSError as e:
             if e.errno != errno.ENAMETOOLONG:
                 raise
@@ -126,34 +126,34 @@ class Intake:
             if kept:
                 self.log(f"rejected a file with a name too long for the spool (kept as rejected/{kept!r})")
             return
-        if cname is None:
-            return
+        if claim is None:
+            return  # RACE: another worker is adopting it
         why = unsafe_name(name)
         if why:
-            return self.reject(cname, name, why, now)
+            return self.reject(claim, why, now)
         try:
-            doc = self.spool.read("processing", cname, self.settings["max-job-bytes"], self.owners())
-            st = os.lstat(self.spool.path("processing", cname))
+            doc = self.spool.read_claim(claim, self.settings["max-job-bytes"], self.owners())
+            st = self.spool.stat("processing", claim.name)
         except JobInvalid as e:
-            return self.reject(cname, name, str(e), now)
+            return self.reject(claim, str(e), now)
         except FileNotFoundError:
-            return
+            return  # RACE: a recovering worker took our claim over (we were thought lost)
         job_id, token = adoption_identity(name, doc, st)
         if not jobdoc.valid_id(job_id):
-            return self.reject(cname, name, f"bad id {job_id!r}", now)
+            return self.reject(claim, f"bad id {job_id!r}", now)
         if not self.spool.reserve_id(job_id, token) and self.spool.reservation(job_id) != token:
-            return self.reject(cname, name, f"duplicate id {job_id!r}: a job with that id already exists", now)
+            return self.reject(claim, f"duplicate id {job_id!r}: a job with that id already exists", now)
         doc.pop("token", None)
         job, nb = jobdoc.accept(doc, now, self.settings["max-retries"], job_id=job_id, token=token)
-        if not doc.get("id") and sp.dropin_id(name) is None:
+        if not doc.get("id") and L.dropin_id(name) is None:
             job["original_name"] = name
         if not doc.get("run_at"):
-            name_nb = sp.parse_pending(name)[0]
+            name_nb = L.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now
-        folder, new_name = self.spool.settle(cname, job, nb)
+        folder, new_name = self.spool.finish(claim, job, nb)
         self.index.add(new_name, job["priority"], nb, job["created_at"], job)
         self.log(f"adopted {name!r} as job {job_id}")
 
-    def reject(self, cname, name, reason, now):
-        kept = self.spool.reject(cname, name, reason, now)
-        self.log(f"rejected {name!r} (kept as rejected/{kept!r}): {reason}")
+    def reject(self, claim, reason, now):
+        kept = self.spool.reject(claim, reason, now)
+        self.log(f"rejected {claim.origin!r} (kept as rejected/{kept!r}): {reason}")

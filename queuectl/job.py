@@ -13,7 +13,6 @@ from queuectl.timeutil import iso, parse_iso
 ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
 _ID_RE = re.compile(ID_PATTERN + r"\Z")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-STATES = ("pending", "processing", "completed", "failed", "dead")
 
 
 def valid_id(value):

@@ -12,6 +12,7 @@ import sys
 import time
 
 from queuectl.errors import QueuectlError
+from queuectl.layout import OUTCOMES
 from queuectl.procs import is_alive_here, on_this_host, split_worker_id
 
 # A crash loop: workers dying by themselves (an exit status, a signal other than SIGKILL) within
@@ -51,7 +52,7 @@ class Supervisor:
         self.burst = burst
         self.children = {}  # pid -> when it started (monotonic), while it runs
         self.stopping = 0
-        self.totals = {"completed": 0, "failed": 0, "dead": 0}
+        self.totals = dict.fromkeys(OUTCOMES, 0)
         self.quick_deaths = []
 
     def _on_signal(self, signum, frame):
@@ -60,7 +61,7 @@ class Supervisor:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass
+                pass  # RACE: it exited meanwhile; os.wait() will collect it
 
     def run(self, ready_w=None):
         """Start the workers and supervise them until all have exited; returns the exit status."""
@@ -208,7 +209,7 @@ def stop(spool, poll=0.05):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
-            pass
+            pass  # RACE: it exited meanwhile; the wait below sees it gone
     remaining = dict(workers)
     while remaining:
         for wid in list(remaining):

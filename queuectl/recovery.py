@@ -1,8 +1,8 @@
 """Recovery: take back what dead processes left in processing/, tmp/ and workers/.
 
-Any live worker may run it; every step starts with an atomic rename (stealing the claim), so two
-recovering workers never both act on the same file. The rules are the right-hand columns of the
-transition table in spool_layout.md.
+Any live worker may run it. A lost claim is first taken over (an atomic rename: of two recovering
+workers one wins), then handled by the rule its operation names in layout.OPS (`on_lost`): the
+rules are RULES below, one function each, and a new operation that reuses one needs no change here.
 """
 
 import os
@@ -10,9 +10,9 @@ import signal
 import time
 
 from queuectl import policy
-from queuectl import spool as sp
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
+from queuectl.layout import BY_OP
 from queuectl.procs import hostname, is_alive_here, on_this_host, split_worker_id
 from queuectl.runner import CLAIM_ENV
 
@@ -31,14 +31,14 @@ def holder_is_dead(spool, holder, now, lease, claimed_at=None):
     return seen is None or now - seen > lease
 
 
-def kill_orphans(claim):
+def kill_orphans(claim_name):
     """Kill the process groups of jobs that a lost worker on this host left running.
 
     Each job runs with QUEUECTL_CLAIM=<its claim name> in its environment; the job's process group
     is its own session. Only this user's processes can be read, which are the only ones a worker of
     this user could have started.
     """
-    needle = f"{CLAIM_ENV}={claim}".encode() + b"\0"
+    needle = f"{CLAIM_ENV}={claim_name}".encode() + b"\0"
     killed = set()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
@@ -49,14 +49,14 @@ def kill_orphans(claim):
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read() + b"\0"
         except OSError:
-            continue
+            continue  # RACE: the process ended meanwhile, or is not ours to read
         if b"\0" + needle in b"\0" + env:
             try:
                 pgid = os.getpgid(pid)
                 os.killpg(pgid, signal.SIGKILL)
                 killed.add(pgid)
             except OSError:
-                pass
+                pass  # RACE: it ended by itself meanwhile
     return killed
 
 
@@ -65,6 +65,11 @@ class Recovery:
         self.spool = spool
         self.settings = settings
         self.log = log
+        self.rules = {
+            "count-lost-attempt": self.count_lost_attempt,
+            "finish-or-put-back": self.finish_or_put_back,
+            "put-back": self.put_back,
+        }
 
     def run(self, now):
         self.claims(now)
@@ -73,71 +78,72 @@ class Recovery:
 
     def claims(self, now):
         lease = self.settings["lease-seconds"]
-        for cname, kind, key, holder in self.spool.claims():
-            if holder == self.spool.wid:
+        for claim in self.spool.claims():
+            if claim.holder == self.spool.wid:
                 continue
-            try:
-                claimed_at = os.lstat(self.spool.path("processing", cname)).st_ctime
-            except FileNotFoundError:
-                continue
-            if holder_is_dead(self.spool, holder, now, lease, claimed_at):
-                self.recover(cname, kind, key, holder, claimed_at, now)
+            claimed_at = self.spool.claimed_at(claim)
+            if claimed_at is not None and holder_is_dead(self.spool, claim.holder, now, lease, claimed_at):
+                self.recover(claim, claimed_at, now)
 
-    def recover(self, cname, kind, key, holder, claimed_at, now):
-        if on_this_host(holder):
-            kill_orphans(cname)
-        mine = sp.reclaim_name(cname, self.spool.wid)
+    def recover(self, claim, claimed_at, now):
+        if on_this_host(claim.holder):
+            kill_orphans(claim.name)
+        mine = self.spool.take_over(claim)
+        if mine is None:
+            return
+        if mine.job_id is not None and self.spool.locate(mine.job_id, include_processing=False):
+            self.spool.drop(mine)  # its transition had committed: the claim is a stale copy
+            return
+        self.rules[BY_OP[mine.op].on_lost](mine, claim.holder, claimed_at, now)
+
+    # -- the rules ------------------------------------------------------------------------------
+
+    def count_lost_attempt(self, claim, holder, claimed_at, now):
+        """A worker died running an attempt: it counts as failed (`worker lost`)."""
         try:
-            os.rename(self.spool.path("processing", cname), self.spool.path("processing", mine))
-        except FileNotFoundError:
-            return  # another worker is recovering it
-        if kind == "adopt":
-            return self._recover_adoption(mine, key)
-        try:
-            job = self.spool.read("processing", mine, self.settings["max-job-bytes"])
+            job = self.spool.read_claim(claim, self.settings["max-job-bytes"])
         except JobInvalid as e:
-            name = self.spool.reject(mine, key + ".json", f"claimed job file is broken: {e}", now)
-            self.log(f"recovered claim {cname!r} was broken; kept as rejected/{name}")
+            name = self.spool.reject(claim, f"claimed job file is broken: {e}", now)
+            self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")
             return
-        if self.spool.locate(job["id"], include_processing=False):
-            os.unlink(self.spool.path("processing", mine))  # its move had committed: a stale copy
-            return
-        if job.get("state") == "dead":  # an interrupted `dlq retry`: back to the dead-letter queue
-            self.spool.unclaim_to(mine, "dead", sp.final_name(job["id"]))
-            self.log(f"put job {job['id']} back in dead/ (interrupted dlq retry by {holder})")
-            return
-        error = f"worker lost: {holder} stopped while the job was running"
         job, nb = policy.record_attempt(
             job,
             started=claimed_at,
             finished=now,
             exit_code=None,
-            error=error,
+            error=f"worker lost: {holder} stopped while the job was running",
             worker=holder,
             log=None,
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
         )
-        self.spool.settle(mine, job, nb)
+        self.spool.finish(claim, job, nb)
         self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
 
-    def _recover_adoption(self, mine, original):
-        path = self.spool.path("processing", mine)
-        kept = self.spool.copy_in(path, "rejected", original)
-        if kept is not None:  # the dead worker was rejecting it: finish that
-            reason = invalid_reason(self.spool, "processing", mine, original, self.settings["max-job-bytes"])
-            self.spool.reject(mine, original, reason or "rejected by a worker that died before writing why", time.time())
+    def put_back(self, claim, holder, claimed_at, now):
+        """A command died moving a job: the job goes back where it was, unchanged."""
+        self.spool.put_back(claim)
+        self.log(f"put job {claim.job_id} back in {BY_OP[claim.op].source}/ (interrupted {claim.op} by {holder})")
+
+    def finish_or_put_back(self, claim, holder, claimed_at, now):
+        """A worker died adopting or rejecting a drop-in: finish what had committed, else put the
+        file back in pending/ under its own name, to be adopted again."""
+        if self.spool.rejected_as(claim) is not None:  # it was being rejected: finish that
+            reason = invalid_reason(self.spool, claim, self.settings["max-job-bytes"])
+            self.spool.reject(claim, reason or "rejected by a worker that died before writing why", time.time())
             return
         try:
-            doc = self.spool.read("processing", mine, self.settings["max-job-bytes"])
-            job_id, token = adoption_identity(original, doc, os.lstat(path))
-            done = self.spool.reservation(job_id) == token and self.spool.locate(job_id, include_processing=False)
+            doc = self.spool.read_claim(claim, self.settings["max-job-bytes"])
+            job_id, token = adoption_identity(claim.origin, doc, self.spool.stat("processing", claim.name))
+            adopted = self.spool.reservation(job_id) == token and self.spool.locate(job_id, include_processing=False)
         except (JobInvalid, ValueError, OSError):
-            done = False
-        if done:
-            os.unlink(path)
+            adopted = False
+        if adopted:
+            self.spool.drop(claim)
         else:
-            self.spool.unclaim_to(mine, "pending", original)
+            self.spool.put_back(claim)
+
+    # -- what dead workers leave beside claims ----------------------------------------------------
 
     def heartbeats(self, now):
         lease = self.settings["lease-seconds"]

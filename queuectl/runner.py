@@ -9,9 +9,25 @@ import os
 import select
 import signal
 import time
+from collections import namedtuple
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a job must stop
 CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job (see recovery.py)
+
+
+Spec = namedtuple(
+    "Spec",
+    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn",
+    defaults=(None, 0, None, None, None, None, None),
+)
+Spec.__doc__ = """One attempt to run.
+
+command, env, cwd: what to run (/bin/sh -c COMMAND) and how. open_log(): the fd of the attempt's
+log, called at the first byte of output (at most max_log_bytes are kept, 0: no cap). timeout:
+seconds, or None. on_tick() is called about every `tick` seconds while the job runs (heartbeats,
+settings); should_abort() returning True stops the job's whole process group (a second stop
+signal); after_spawn() runs once the job has started (the worker settles earlier results
+meanwhile). wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short."""
 
 
 class Attempt:
@@ -219,22 +235,16 @@ def drain_wakeup(fd):
             raise
 
 
-def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on_tick=None, should_abort=None, max_log_bytes=0, after_spawn=None):
-    """Run one attempt to its end; its output goes to the fd OPEN_LOG() returns, created at the
-    first byte (at most MAX_LOG_BYTES, 0: no cap). attempt.log_written says whether it was.
-
-    on_tick() is called about every TICK seconds while the job runs (heartbeats, settings);
-    should_abort() returning True stops the job's whole process group (a second stop signal);
-    after_spawn() runs once the job has started (the worker settles earlier results meanwhile).
-    """
+def run(spec, now):
+    """Run one attempt (a Spec) to its end; returns its Attempt."""
     attempt = Attempt(now)
-    if cwd is not None and not os.path.isdir(cwd):
-        attempt.error = f"could not start: cwd {cwd!r} does not exist or is not a folder"
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        attempt.error = f"could not start: cwd {spec.cwd!r} does not exist or is not a folder"
         attempt.finished = time.time()
         return attempt
-    pump = OutputPump(open_log, max_log_bytes)
+    pump = OutputPump(spec.open_log, spec.max_log_bytes)
     try:
-        pid = spawn(command, env, cwd, pump.write_end)
+        pid = spawn(spec.command, spec.env, spec.cwd, pump.write_end)
     except OSError as e:
         os.close(pump.fd)
         attempt.error = f"could not start: {e.strerror or e}"
@@ -242,31 +252,31 @@ def run(command, env, cwd, open_log, timeout, now, tick=None, wakeup_fd=None, on
         return attempt
     finally:
         os.close(pump.write_end)
-    waiter = Waiter(pid, wakeup_fd, pump)
-    if after_spawn is not None:
-        after_spawn()
-    deadline = now + timeout if timeout else None
+    waiter = Waiter(pid, spec.wakeup_fd, pump)
+    if spec.after_spawn is not None:
+        spec.after_spawn()
+    deadline = now + spec.timeout if spec.timeout else None
     status = None
     try:
         while status is None:
-            wait_for = tick if tick else 3600.0
+            wait_for = spec.tick if spec.tick else 3600.0
             if deadline is not None:
                 wait_for = min(wait_for, deadline - time.time())
             status = waiter.wait(wait_for)
             if status is not None:
                 break
-            drain_wakeup(wakeup_fd)
-            if should_abort and should_abort():
+            drain_wakeup(spec.wakeup_fd)
+            if spec.should_abort and spec.should_abort():
                 status = _stop_group(waiter, pid)
                 attempt.interrupted = True
                 attempt.error = "interrupted: the worker was told to stop now"
                 break
             if deadline is not None and time.time() >= deadline:
                 status = _stop_group(waiter, pid)
-                attempt.error = f"timed out after {timeout:g} s; the job's process group was killed"
+                attempt.error = f"timed out after {spec.timeout:g} s; the job's process group was killed"
                 break
-            if on_tick:
-                on_tick()
+            if spec.on_tick:
+                spec.on_tick()
     finally:
         waiter.close()
         pump.close()

@@ -152,12 +152,13 @@ def set_value(path, key, text):
     value = parse_value(key, text)
     from filelock import FileLock  # only `config set` needs it: keep other commands fast
 
-    from queuectl.spool import write_atomic
+    from queuectl.fsio import write_atomic
 
     with FileLock(path + ".lock", timeout=10):
         raw = read_file(path)
         raw[key] = value
-        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode())
+        shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
+        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600)
     return value
 
 

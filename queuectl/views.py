@@ -2,20 +2,17 @@
 
 import os
 
-from queuectl import spool as sp
+from queuectl import layout as L
 from queuectl.errors import JobInvalid
 from queuectl.procs import split_worker_id
 from queuectl.timeutil import iso
-
-STATE_FOLDERS = {"pending": "pending", "failed": "pending", "processing": "processing", "completed": "done", "dead": "dead"}
-LIST_STATES = ("pending", "processing", "completed", "failed", "dead", "rejected")
 
 
 def _read(spool, folder, name):
     try:
         return spool.read(folder, name, 1 << 30)
     except (FileNotFoundError, JobInvalid):
-        return None  # it moved on (or is being rewritten): skip it in a snapshot
+        return None  # RACE: it moved on (or is being rewritten): skip it in a snapshot
 
 
 def printable(name):
@@ -23,64 +20,54 @@ def printable(name):
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
-def with_state(job, folder, name):
+def with_state(job, folder, name, claim=None):
     """The job as shown to users: its state from the folder it is in, and where it waits."""
     job = dict(job)
     job.pop("token", None)
+    job["state"] = L.state_in(folder, job, claim)
     if folder == "pending":
-        job["state"] = "failed" if job.get("attempts") else "pending"
-        nb = sp.parse_pending(name)[0]
+        nb = L.parse_pending(name)[0]
         if nb is not None:
             job["next_run_at"] = iso(nb)
-    elif folder == "processing":
-        job["state"] = "processing"
-        parsed = sp.parse_claim(name)
-        if parsed:
-            job["worker"] = parsed[2]
-    elif folder == "done":
-        job["state"] = "completed"
-    elif folder == "dead":
-        job["state"] = "dead"
+    elif claim is not None and claim.op == "run":
+        job["worker"] = claim.holder
     return job
+
+
+def _job_files(spool, folder):
+    """[(name, Claim or None)] of the job files in FOLDER (claims of drop-ins are not jobs yet)."""
+    if folder == "processing":
+        return [(c.name, c) for c in spool.claims() if c.job_id is not None]
+    if folder in L.FINAL_FOLDERS:
+        return [(n, None) for n in spool.listdir(folder) if L.parse_final(n)]
+    return [(n, None) for n in spool.listdir(folder)]
 
 
 def jobs(spool, folder):
     """[(job as shown)] of every readable job file in FOLDER."""
     out = []
-    for name in spool.listdir(folder):
-        if folder == "processing" and (sp.parse_claim(name) or ("",))[0] != "job":
-            continue
-        if folder in ("done", "dead") and not sp.FINAL_RE.match(name):
-            continue
+    for name, claim in _job_files(spool, folder):
         job = _read(spool, folder, name)
         if job is not None:
-            out.append(with_state(job, folder, name))
+            out.append(with_state(job, folder, name, claim))
     return out
 
 
 def counts(spool):
-    pending = failed = 0
+    out = dict.fromkeys(L.STATE_NAMES, 0)
     for name in spool.listdir("pending"):
-        job = _read(spool, "pending", name)
-        if job is not None and job.get("attempts"):
-            failed += 1
-        else:
-            pending += 1
-    return {
-        "pending": pending,
-        "processing": sum(1 for _, kind, _, _ in spool.claims() if kind == "job"),
-        "completed": sum(1 for n in spool.listdir("done") if sp.FINAL_RE.match(n)),
-        "failed": failed,
-        "dead": sum(1 for n in spool.listdir("dead") if sp.FINAL_RE.match(n)),
-        "rejected": len(spool.rejected()),
-    }
+        out[L.state_in("pending", _read(spool, "pending", name) or {})] += 1
+    for claim in spool.claims():
+        if claim.job_id is not None:
+            out[L.state_in("processing", {}, claim)] += 1
+    for folder in L.FINAL_FOLDERS:
+        out[L.state_in(folder, {})] += sum(1 for n in spool.listdir(folder) if L.parse_final(n))
+    out["rejected"] = len(spool.rejected())
+    return out
 
 
 def workers(spool):
-    held = {}
-    for name, kind, key, holder in spool.claims():
-        if kind == "job":
-            held[holder] = key
+    held = {c.holder: c.job_id for c in spool.claims() if c.op == "run"}
     out = []
     for wid in sorted(spool.worker_ids()):
         try:
@@ -100,7 +87,7 @@ def listing(spool, state=None, limit=None):
     if state == "rejected":
         out = [{"name": printable(n), "state": "rejected", "reason": r} for n, r in spool.rejected()]
         return out[:limit] if limit is not None else out
-    folders = [STATE_FOLDERS[state]] if state else ["pending", "processing", "done", "dead"]
+    folders = [L.folder_of(state)] if state else L.JOB_FOLDERS
     out = []
     for folder in folders:
         out.extend(j for j in jobs(spool, folder) if state is None or j["state"] == state)
@@ -109,17 +96,17 @@ def listing(spool, state=None, limit=None):
 
 
 def show(spool, job_id):
-    folder, name, job = spool.load(job_id)
-    return with_state(job, folder, name)
+    folder, name, claim, job = spool.load(job_id)
+    return with_state(job, folder, name, claim)
 
 
 def latest_log(spool, job_id):
-    """(path of the latest attempt's log, or None when the job never ran)."""
-    folder, name, job = spool.load(job_id)
-    if folder == "processing":
+    """The bytes of the latest attempt's log, or None (the job never ran, or printed nothing)."""
+    folder, name, claim, job = spool.load(job_id)
+    if claim is not None and claim.op == "run":
         from queuectl.policy import attempt_seq
 
-        return spool.log_path(sp.log_name(job["id"], attempt_seq(job)))
+        return spool.read_log(L.log_name(job["id"], attempt_seq(job)))
     entries = list(job.get("history") or [])
     if not entries:
         for run in reversed(job.get("previous_runs") or []):
@@ -129,11 +116,4 @@ def latest_log(spool, job_id):
     # the latest attempt only: an attempt that printed nothing has no log (log: null)
     if not entries or not entries[-1].get("log"):
         return None
-    return spool.log_path(entries[-1]["log"])
-
-
-def read_log(path):
-    if path is None or not os.path.exists(path):
-        return None
-    with open(path, "rb") as f:
-        return f.read()
+    return spool.read_log(entries[-1]["log"])

@@ -5,7 +5,6 @@ jobs, timers and stop signals without polling.
 """
 
 import os
-import threading
 from collections import deque
 
 
@@ -61,7 +60,6 @@ class PendingWatcher:
         os.set_blocking(self.rfd, False)
         os.set_blocking(self._wfd, False)
         self._observer = None
-        self._lock = threading.Lock()
 
     def start(self):
         _no_move_pairing_delay()

@@ -2,14 +2,12 @@
 
     heartbeat -> recover -> claim -> run -> finish      (and wait, when nothing is due)
 
-A finished attempt is made durable while the next job runs: settling costs an fsync, a wait on the
-disk about as long as starting a trivial job, so the worker does it right after a later spawn,
-gathering up to SETTLE_BATCH results or SETTLE_DELAY seconds of them, or before it sleeps. Until
-then the job stays claimed: a worker that dies in between has its attempts counted as lost and
-re-run, never lost.
+A finished attempt is made durable while the next job runs, in batches (results.py), or before
+the worker sleeps.
 
 Each step lives where it belongs: names and renames in spool.py, intake of new files in
-intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py.
+intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py,
+settling in results.py, file-system faults in faults.py.
 """
 
 import errno
@@ -21,24 +19,37 @@ import stat
 import sys
 import time
 
+from queuectl import layout as L
 from queuectl import policy, runner
-from queuectl import spool as sp
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
+from queuectl.faults import Faults
 from queuectl.intake import Intake
 from queuectl.procs import hostname
 from queuectl.recovery import Recovery
+from queuectl.results import Unsettled
 from queuectl.settings import Watched
 from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
-FAULT_BACKOFF_MAX = 5  # seconds; a worker facing a file-system fault waits, doubling up to this
-FAULT_RELOG = 600  # seconds before the same fault is logged again
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
-SETTLE_BATCH = 16  # finished attempts settled together at most... (see Worker.settle_some)
-SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
+
+
+def attempt_env(base, job, spool_root, claim):
+    """The environment of a job's command: the worker's, the job's env, and queuectl's variables."""
+    env = base.copy()
+    env.update(job.get("env") or {})
+    env.update(
+        {
+            "QUEUECTL_JOB_ID": job["id"],
+            "QUEUECTL_ATTEMPT": str(job.get("attempts", 0) + 1),
+            "QUEUECTL_SPOOL": spool_root,
+            runner.CLAIM_ENV: claim.name,
+        }
+    )
+    return env
 
 
 class Worker:
@@ -48,13 +59,16 @@ class Worker:
         self.ready_fd = ready_fd
         self.stats_fd = stats_fd
         self.stop_requests = 0
-        self.counts = {"completed": 0, "failed": 0, "dead": 0}
+        self.counts = dict.fromkeys(L.OUTCOMES, 0)
         self.index = DueIndex()
-        self._last_errors = {}  # message -> when it was last logged
-        self._fault_delay = 0.0
-        self._hold_until = 0.0
-        self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
-        self.unsettled = []  # (claim name, job, not_before) of finished attempts not yet durable
+        self.faults = Faults(self.log)
+        self.settings = Watched(spool.config_path)
+        self.unsettled = Unsettled(spool, self.settings)
+        self.intake = Intake(spool, self.index, self.settings, self.log)
+        self.recovery = Recovery(spool, self.settings, self.log)
+        self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
+        self.wid = self.wake_r = self.started_at = self.base_env = self._pending_ino = None
+        self._watch_at = self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -67,13 +81,13 @@ class Worker:
                 self.heartbeat(now)
                 self.recover(now)
                 self.intake_events(now)
-                claimed = self.claim(now) if now >= self._hold_until else None
+                claimed = self.claim(now) if now >= self.faults.hold_until else None
                 if claimed:
                     self.run_and_finish(*claimed)
-                    self.watch(now)
+                    self.start_watching(now)
                     continue
                 self.settle()
-                if self.watch(now, idle=True):
+                if self.start_watching(now, idle=True):
                     continue  # look again at pending/ now that events will wake us
                 if self.burst and self.idle_for_good(now):
                     break
@@ -87,7 +101,6 @@ class Worker:
     def setup(self):
         self.spool.ensure()
         self.wid = self.spool.wid
-        self.settings = Watched(self.spool.config_path)
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -95,11 +108,8 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.intake = Intake(self.spool, self.index, self.settings, self.log)
-        self.recovery = Recovery(self.spool, self.settings, self.log)
-        self.watcher = None  # started by watch(): first jobs need not wait for watchdog
         self._watch_at = time.time() + WATCH_DELAY
-        self._pending_ino = os.stat(self.spool.dir("pending")).st_ino
+        self._pending_ino = self.spool.stat("pending", ".").st_ino
         self.started_at = iso(time.time())
         runner.seal_inherited_fds()
         self.base_env = dict(os.environ)
@@ -130,28 +140,28 @@ class Worker:
         """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
         Back, or replaced by a new folder: watch it again and rescan it."""
         try:
-            ino = os.stat(self.spool.dir("pending")).st_ino
+            ino = self.spool.stat("pending", ".").st_ino
         except OSError as e:
             self.fault("find the spool's pending/ folder", e)
             return False
         if ino != self._pending_ino:
             if self._pending_ino is not None:
                 self.log("pending/ is back: watching it again")
-                self._last_errors.clear()
+                self.faults.forget()
                 if self.watcher is not None:
                     self.watcher.stop()
                     self.watcher = None
-                self.watch(time.time(), idle=True)
+                self.start_watching(time.time(), idle=True)
             self._pending_ino = ino
         return True
 
-    def watch(self, now, idle=False):
+    def start_watching(self, now, idle=False):
         """Start watching pending/ (watchdog) WATCH_DELAY seconds after the start, or at the first
         idle moment if sooner, then rescan once: files that came meanwhile are not missed, and a
-        worker starts its first jobs without waiting for watchdog. True when it just started."""
+        worker starts its first jobs without waiting for watchdog. True if it started now."""
         if self.watcher is not None or (now < self._watch_at and not idle):
             return False
-        self.watcher = PendingWatcher(self.spool.dir("pending"))
+        self.watcher = PendingWatcher(self.spool.folder_path("pending"))
         self.watcher.start()
         runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
         self._next_scan = 0.0
@@ -176,81 +186,70 @@ class Worker:
         """A regular file that open() created in pending/? Not a symlink (isfile follows it) nor a
         hard link (maildir's link(2) delivery): those get no close event, so they are read at once."""
         try:
-            st = os.lstat(self.spool.path("pending", name))
+            st = self.spool.stat("pending", name)
         except OSError:
-            return False
+            return False  # RACE: claimed meanwhile; nothing to wait for
         return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
     def claim(self, now):
-        """Win the rename of the best due job: (claim name, pending name, job), or None."""
+        """Win the rename of the best due job: (Claim, job), or None."""
         while True:
             name = self.index.pop_due(now)
             if name is None:
                 return None
             doc = self.index.take_doc(name)
             try:
-                cname = self.spool.claim(name, None, self.wid)
+                claim = self.spool.take("run", name)
             except OSError as e:
                 self.fault("claim a job", e)
                 return None
-            if cname is None:
-                continue  # another worker won this one
+            if claim is None:
+                continue  # RACE: another worker won this one; try the next
             if doc is not None:
-                return cname, name, doc
+                return claim, doc
             try:
-                return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"], self.intake.owners())
+                return claim, self.spool.read_claim(claim, self.settings["max-job-bytes"], self.intake.owners())
             except JobInvalid as e:
-                self.intake.reject(cname, name, str(e), now)
+                self.intake.reject(claim, str(e), now)
             except OSError as e:
                 self.fault("read a claimed job", e)
-                self.guard("release a job", self.spool.release, cname, name)
+                self.guard("release a job", self.spool.put_back, claim)
                 return None
 
-    def run_and_finish(self, cname, pname, job):
+    def run_and_finish(self, claim, job):
         seq = policy.attempt_seq(job)
         if not self.spool.logs_writable():
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
-            self.guard("release a job", self.spool.release, cname, pname)
+            self.guard("release a job", self.spool.put_back, claim)
             return
-        env = self.base_env.copy()
-        env.update(job.get("env") or {})
-        env.update(
-            {
-                "QUEUECTL_JOB_ID": job["id"],
-                "QUEUECTL_ATTEMPT": str(job.get("attempts", 0) + 1),
-                "QUEUECTL_SPOOL": self.spool.root,
-                runner.CLAIM_ENV: cname,
-            }
+        spec = runner.Spec(
+            command=job["command"],
+            env=attempt_env(self.base_env, job, self.spool.root, claim),
+            cwd=job.get("cwd"),
+            open_log=lambda: self.spool.open_log(job["id"], seq),
+            timeout=job.get("timeout") or self.settings["job-timeout"] or None,
+            max_log_bytes=self.settings["max-log-bytes"],
+            tick=self.settings["heartbeat-seconds"],
+            wakeup_fd=self.wake_r,
+            on_tick=self._tick,
+            should_abort=lambda: self.stop_requests >= 2,
+            after_spawn=self.settle_if_due,
         )
-        timeout = job.get("timeout") or self.settings["job-timeout"] or None
         try:
-            attempt = runner.run(
-                job["command"],
-                env,
-                job.get("cwd"),
-                lambda: self.spool.open_log(job["id"], seq),
-                timeout,
-                time.time(),
-                tick=self.settings["heartbeat-seconds"],
-                wakeup_fd=self.wake_r,
-                on_tick=self._tick,
-                should_abort=lambda: self.stop_requests >= 2,
-                max_log_bytes=self.settings["max-log-bytes"],
-                after_spawn=self.settle_some,
-            )
+            attempt = runner.run(spec, time.time())
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
-            self.guard("release a job", self.spool.release, cname, pname)
+            self.guard("release a job", self.spool.put_back, claim)
             return
         if attempt.log_error is not None:
             self.fault(f"write the log of job {job['id']}", attempt.log_error)
         else:
-            self.fault_cleared()
+            self.faults.cleared()
         if attempt.interrupted:
-            self.guard("release a job", self.spool.release, cname, pname)
+            self.guard("release a job", self.spool.put_back, claim)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
-        self.finish(cname, job, attempt, sp.log_name(job["id"], seq) if attempt.log_written else None)
+        self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
 
     def _tick(self):
         now = time.time()
@@ -263,46 +262,19 @@ class Worker:
             self._next_settings_check = now + SETTINGS_CHECK
             self.settings.refresh()
 
-    def finish(self, cname, job, attempt, log):
-        """Queue the attempt's result; settle() makes it durable (while the next job runs)."""
-        if not self.unsettled:
-            self._oldest_unsettled = time.time()
-        self.unsettled.append((cname, job, attempt, log))
-
-    def settle_some(self):
-        """Settle while a job runs, once a batch is worth it: SETTLE_BATCH results, or the oldest
-        waiting SETTLE_DELAY seconds. Fewer, larger batches share their file-system flushes."""
-        if self.unsettled and (len(self.unsettled) >= SETTLE_BATCH or time.time() - self._oldest_unsettled >= SETTLE_DELAY):
+    def settle_if_due(self):
+        if self.unsettled.due():
             self.settle()
 
     def settle(self):
-        """Record the queued attempts and commit them in one batch (spool.settle_many), then
-        account for them. On a file-system fault they stay queued, their jobs claimed, and claims
-        pause."""
-        for i, item in enumerate(self.unsettled):
-            if len(item) == 4:  # not yet recorded: what the attempt means for its job
-                cname, job, attempt, log = item
-                job, nb = policy.record_attempt(
-                    job,
-                    started=attempt.started,
-                    finished=attempt.finished,
-                    exit_code=attempt.exit_code,
-                    error=attempt.error,
-                    worker=self.wid,
-                    log=log,
-                    base=self.settings["backoff-base"],
-                    maximum=self.settings["backoff-max"],
-                )
-                self.unsettled[i] = (cname, job, nb)
-        if not self.unsettled:
-            return True
+        """Make the finished attempts durable, then account for them. On a file-system fault the
+        rest stay queued, their jobs claimed, and claims pause. True when none is left."""
         try:
-            dests = self.spool.settle_many(self.unsettled)
+            settled = self.unsettled.settle()
         except OSError as e:
             self.fault("store the results of finished jobs", e)
             return False
-        done, self.unsettled = self.unsettled, []
-        for (_, job, nb), (folder, name) in zip(done, dests):
+        for job, nb, (folder, name) in settled:
             state = job["state"]
             self.counts[state] += 1
             if state == "failed":
@@ -320,16 +292,17 @@ class Worker:
         self.intake.scan(now)
         if self.index.has_due(now):
             return False
-        return not any(kind == "job" for _, kind, _, _ in self.spool.claims())
+        return not any(c.op == "run" for c in self.spool.claims())
 
     def wait(self, now):
         """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""
+        hold = self.faults.hold_until
         deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan, self.intake.recheck_at)
         nxt = self.index.next_due()
         if nxt is not None:
-            deadline = min(deadline, max(nxt, self._hold_until))
-        elif now < self._hold_until and self.index.has_due(now):
-            deadline = min(deadline, self._hold_until)
+            deadline = min(deadline, max(nxt, hold))
+        elif now < hold and self.index.has_due(now):
+            deadline = min(deadline, hold)
         timeout = max(0.0, deadline - now)
         if self.burst:
             timeout = min(timeout, 0.05)  # others' jobs finish in done/, which is not watched
@@ -354,7 +327,7 @@ class Worker:
                 give_up = give_up or time.monotonic() + 5.0
                 if time.monotonic() > give_up:
                     break
-            self.pause(self._fault_delay)
+            self.pause(self.faults.delay)
         if self.watcher is not None:
             self.watcher.stop()
         self.spool.remove_heartbeat(self.wid)
@@ -366,27 +339,16 @@ class Worker:
     # -- faults and logging -------------------------------------------------------------------
 
     def guard(self, action, fn, *args):
-        """Run a step; a file-system fault is logged once per distinct error and backed off."""
+        """Run a step; a file-system fault is reported (see Faults), and None returned."""
         try:
-            result = fn(*args)
+            return fn(*args)
         except OSError as e:
             self.fault(action, e)
             return None
-        return result
 
     def fault(self, action, error):
-        msg = f"cannot {action}: {error.strerror or error}"
-        now = time.time()
-        if now - self._last_errors.get(msg, -FAULT_RELOG) >= FAULT_RELOG:
-            self._last_errors[msg] = now
-            self.log(msg + " (will keep trying)")
-        # claims wait out the fault, doubling the wait while it lasts (events cannot cut it short)
-        self._fault_delay = min(max(self._fault_delay * 2, 0.1), FAULT_BACKOFF_MAX)
-        self._hold_until = time.time() + self._fault_delay
-        self._next_scan = min(self._next_scan, self._hold_until)
-
-    def fault_cleared(self):
-        self._fault_delay = 0.0
+        self.faults.report(action, error)
+        self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile
 
     def log(self, msg):
         try:

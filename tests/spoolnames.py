@@ -28,19 +28,29 @@ def _compile(doc_regex):
 
 
 (PENDING_RE,) = [_compile(r) for r in _rows("pending/")]
-CLAIM_RE = next(_compile(r) for r in _rows("processing/") if r.endswith(r"\.json$"))
-ADOPT_RE = next(_compile(r) for r in _rows("processing/") if r.endswith(r"\.adopt$"))
+(CLAIM_RE,) = [_compile(r) for r in _rows("processing/")]
+# the operations table: operation -> the suffix of its claims and the folder it claims from
+OPS = {
+    op: (suffix, source)
+    for op, suffix, source in re.findall(r"^\| `([a-z-]+)` \| `[^`]*\.([a-z]+)` \| ([a-z]+)/ \|", LAYOUT, re.M)
+}
+FINAL_RE = re.compile(next(r for r in _rows("done/, dead/")).replace("(ID)", f"({ID})").rstrip("$") + r"\Z")
 
 
 def parse_claim(name):
-    """A processing/ name -> ("job", id, worker), ("adopt", original name, worker), or None."""
+    """A processing/ name -> (operation, key, worker): the key is the job's id, or for `adopt`
+    the drop-in's original name. None if the name is not a claim."""
     m = CLAIM_RE.match(name)
-    if m:
-        return "job", m.group("id"), m.group("worker")
-    m = ADOPT_RE.match(name)
-    if m:
-        return "adopt", m.group("original"), m.group("worker")
-    return None
+    if not m:
+        return None
+    op = next((op for op, (suffix, _) in OPS.items() if suffix == m.group(3)), None)
+    stem = m.group("original")
+    if op == "adopt":
+        return op, stem, m.group("worker")
+    origin = PENDING_RE.match(stem + ".json") if OPS[op][1] == "pending" else FINAL_RE.match(stem + ".json")
+    if not origin:
+        return None
+    return op, origin.group("id") if OPS[op][1] == "pending" else origin.group(1), m.group("worker")
 
 
 def reserved_token(root, job_id):

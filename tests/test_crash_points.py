@@ -24,13 +24,13 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import Spool as CliSpool, wait_until
-from queuectl import dlq, policy, procs
+from queuectl import dlq, layout, policy, procs
 from queuectl import job as jobdoc
 from queuectl.recovery import Recovery
 from queuectl.settings import Watched, set_value
 from queuectl.spool import Spool
 from queuectl.worker import Worker
-from spoolnames import PENDING_RE, WORKER, parse_claim, reserved_token  # the spool as spool_layout.md describes it
+from spoolnames import OPS, PENDING_RE, WORKER, parse_claim, reserved_token  # the spool as spool_layout.md describes it
 
 CRASHED = 86  # exit status of a child that died at its injected crash point (0: it never got there)
 
@@ -149,8 +149,8 @@ def _shown(folder, name, any_worker):
     if folder == "processing":
         claim = parse_claim(name)
         if claim:
-            kind, key, worker = claim
-            return f"{key}@{'W' if any_worker else worker}.{'json' if kind == 'job' else 'adopt'}"
+            op, key, worker = claim
+            return f"{key}@{'W' if any_worker else worker}.{OPS[op][0]}"
     if any_worker and folder == "tmp" and TMP_RE.match(name):
         return TMP_RE.sub(r"qc-W.\1", name)
     if any_worker and folder == "workers" and HEARTBEAT_RE.match(name):
@@ -237,23 +237,31 @@ def run_worker(ctx):
     Worker(ctx.spool(), burst=True).run()
 
 
+def plant_claim(ctx, job_id, holder):
+    """Claim job ID's pending file for HOLDER, as a worker named HOLDER would have (a rename)."""
+    name = pending_name(ctx, job_id)
+    cname = layout.claim_name("run", name, holder)
+    os.rename(os.path.join(ctx.root, "pending", name), os.path.join(ctx.root, "processing", cname))
+    return cname
+
+
 def dead_holder_claim(ctx, job_id):
     """A claim in processing/ whose holder has died (a reaped child that claimed the job)."""
     name = pending_name(ctx, job_id)
-    assert run_child(lambda: ctx.spool().claim(name, job_id)) == 0
+    assert run_child(lambda: ctx.spool().take("run", name)) == 0
     (cname,) = os.listdir(os.path.join(ctx.root, "processing"))
-    assert parse_claim(cname)[:2] == ("job", job_id)
+    assert parse_claim(cname)[:2] == ("run", job_id)
 
 
 def make_dead(ctx, doc):
     """A job that used its only attempt (exit 1) and sits in dead/."""
     job_id = enqueue(ctx, dict(doc, max_retries=0))
     spool, t = ctx.spool(), time.time()
-    cname = spool.claim(pending_name(ctx, job_id), job_id)
+    claim = spool.take("run", pending_name(ctx, job_id))
     job, nb = policy.record_attempt(
-        spool.read("processing", cname), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
+        spool.read_claim(claim), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
     )
-    assert spool.settle(cname, job, nb) == ("dead", "j1.json")
+    assert spool.finish(claim, job, nb) == ("dead", "j1.json")
 
 
 def _has_previous_run(job):
@@ -401,8 +409,8 @@ CASES = {
         step=lambda ctx: dlq.retry(ctx.spool(), ["j1"], False),
         trap=("rename", moves("tmp", "pending")),
         left={
-            "before": L(processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(P, processing=["j1@W.json"]),
+            "before": L(processing=["j1@W.revive"], tmp=["qc-W.write"], ids=["j1"]),
+            "after": L(P, processing=["j1@W.revive"]),
         },
         recovered={
             "before": Expect(DEAD, "dead", 1, "exited with status 1", _no_previous_run),
@@ -425,12 +433,17 @@ CASES = {
             },
         ),
         step=run_worker,
-        trap=("rename", moves("processing", "pending")),
-        left={"before": L(HB, processing=["j1@W.json"], ids=["j1"]), "after": L(HB, P)},
+        trap=("link", moves("processing", "pending")),
+        left={"before": L(HB, processing=["j1@W.json"], ids=["j1"]), "after": L(HB, P, processing=["j1@W.json"])},
         recovered={"before": Expect(P, "failed", 1, LOST), "after": Expect(P, "pending", 0, None)},
         final={"before": Expect(DONE, "completed", 2, None), "after": Expect(DONE, "completed", 1, None)},
     ),
 }
+
+def test_every_transition_of_the_table_has_its_crash_cases():
+    names = {t.name.replace(" ", "-") for t in layout.TRANSITIONS}
+    assert names <= set(CASES), f"transitions with no crash-point case: {names - set(CASES)}"
+
 
 def _points():
     for transition in CASES:
@@ -486,7 +499,7 @@ def test_claim_whose_pid_now_belongs_to_another_process_is_recovered(tmp_path):
     enqueue(ctx, {"id": "j1", "command": "true"})
     host, pid, start = procs.split_worker_id(procs.worker_id(os.getpid()))
     impostor = f"{host}.{pid}.{start + 1}"  # this process's pid, but another start time
-    assert parse_claim(ctx.spool().claim(pending_name(ctx, "j1"), "j1", holder=impostor)) == ("job", "j1", impostor)
+    assert parse_claim(plant_claim(ctx, "j1", impostor)) == ("run", "j1", impostor)
 
     recover(ctx.root)  # run by this very process: the pid is alive, the holder is not
 
@@ -504,9 +517,8 @@ def test_claims_of_live_processes_are_left_alone_until_they_die(tmp_path):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         other = procs.worker_id(sleeper.pid)
-        spool = ctx.spool()
-        spool.claim(pending_name(ctx, "j1"), "j1", holder=me)
-        spool.claim(pending_name(ctx, "j2"), "j2", holder=other)
+        plant_claim(ctx, "j1", me)
+        plant_claim(ctx, "j2", other)
         held = {"processing": sorted([f"j1@{me}.json", f"j2@{other}.json"]), "ids": ["j1", "j2"]}
 
         # recovery in another process (a forked child) and in this one: both holders are alive
@@ -591,23 +603,14 @@ def test_worker_killed_mid_job_leaves_no_orphan_and_its_job_is_recovered(spool, 
 
 
 def _creates_ids_j1(*args):
-    """A trap predicate: the call that brings ids/j1 into being, by open(O_CREAT) or by link."""
-    if len(args) >= 2 and isinstance(args[1], int):  # os.open(path, flags, ...)
-        return os.fsdecode(args[0]).endswith(os.path.join("ids", "j1")) and args[1] & os.O_CREAT
+    """A trap predicate: the link that brings ids/j1 into being (both enqueue and adoption reserve
+    an id by linking a complete file to its name)."""
     return len(args) >= 2 and os.fsdecode(args[1]).endswith(os.path.join("ids", "j1"))  # os.link(src, dst)
 
 
-@pytest.mark.parametrize(
-    "step,fn",
-    [
-        ("enqueue", "open"),
-        ("enqueue", "link"),
-        ("adopt", "open"),
-        ("adopt", "link"),
-    ],
-)
-def test_crash_right_after_reserving_the_id_does_not_burn_it(tmp_path, step, fn):
-    """A process that dies just after ids/j1 appears (by open(O_CREAT) or by link) must not leave the
+@pytest.mark.parametrize("step", ["enqueue", "adopt"])
+def test_crash_right_after_reserving_the_id_does_not_burn_it(tmp_path, step):
+    """A process that dies just after ids/j1 appears (by link) must not leave the
     id taken by a reservation that names no job. An enqueue is not acknowledged yet: recovery may
     finish it (the id names its token) or drop it (the id is free again for the writer's retry). A
     drop-in is acknowledged once renamed into pending/: it must still be adopted and run."""
@@ -618,10 +621,8 @@ def test_crash_right_after_reserving_the_id_does_not_burn_it(tmp_path, step, fn)
     else:
         drop_in(ctx, "j1.json", b'{"command": "true"}')
         run = lambda: run_worker(ctx)  # noqa: E731
-    rc = run_child(run, trap=(fn, _creates_ids_j1, "after"))
-    if rc == 0:
-        pytest.skip(f"{step} does not reserve ids/j1 with os.{fn}")
-    assert rc == CRASHED
+    rc = run_child(run, trap=("link", _creates_ids_j1, "after"))
+    assert rc == CRASHED, f"{step} did not reserve ids/j1 with os.link"
 
     recover(ctx.root)
 
@@ -694,5 +695,5 @@ def test_a_retry_claimed_while_its_commit_finishes_keeps_its_claim(tmp_path):
     assert run_child(step) == 0
     with open(seen) as f:
         claims = [parse_claim(n) for n in f.read().split()]
-    assert [c[:2] for c in claims] == [("job", "j1")], f"during attempt 2, processing/ held {claims}"
+    assert [c[:2] for c in claims] == [("run", "j1")], f"during attempt 2, processing/ held {claims}"
     check(ctx, Expect(DEAD, "dead", 2, "exited with status 1"), "after the worker")

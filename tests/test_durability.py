@@ -208,19 +208,19 @@ def test_enqueue_of_a_batch_fsyncs_every_file_before_the_first_rename(tmp_path, 
 def test_settle_fsyncs_file_renames_fsyncs_folder_then_drops_the_claim(tmp_path, monkeypatch, exit_code, max_retries, folder):
     spool = new_spool(tmp_path)
     spool.enqueue([accept({"id": "j1", "command": "true", "max_retries": max_retries})])
-    cname = spool.claim(pending_name(spool, "j1"), "j1")
+    claim = spool.take("run", pending_name(spool, "j1"))
     t = time.time()
     job, nb = policy.record_attempt(
-        spool.read("processing", cname), started=t, finished=t, exit_code=exit_code, error=None, worker=spool.wid, log=None, base=2, maximum=0
+        spool.read_claim(claim), started=t, finished=t, exit_code=exit_code, error=None, worker=spool.wid, log=None, base=2, maximum=0
     )
 
     rec = Recorder(spool.root).install(monkeypatch.setattr)
-    where = spool.settle(cname, job, nb)
+    where = spool.finish(claim, job, nb)
     rec.on = False
 
     (commit,) = rec.commits(folder)
     assert commit[2] == os.path.join(*where) and where[0] == folder
-    assert_durable_commit(rec, *commit, old_copy=os.path.join("processing", cname))
+    assert_durable_commit(rec, *commit, old_copy=os.path.join("processing", claim.name))
     assert spool.listdir("processing") == []
 
 
@@ -235,10 +235,10 @@ def test_a_real_worker_run_commits_every_transition_durably(tmp_path):
             accept({"id": "again", "command": "exit 1", "max_retries": 1}),
         ]
     )
-    tmp = spool.path("tmp", "writer.json")
+    tmp = os.path.join(spool.root, "tmp", "writer.json")
     with open(tmp, "w") as f:
         f.write('{"command": "true"}')
-    os.rename(tmp, spool.path("pending", "dropped.json"))
+    os.rename(tmp, os.path.join(spool.root, "pending", "dropped.json"))
     out = str(tmp_path / "events.json")
 
     pid = os.fork()
@@ -272,7 +272,7 @@ def test_a_real_worker_run_commits_every_transition_durably(tmp_path):
     for i_rename, tmp, dst in commits:
         # the old copy is the claim this commit settles: the next removal of that job's claim
         adoption = os.path.dirname(dst) == "pending" and job_of(dst) == "dropped"
-        key = ("adopt", "dropped.json") if adoption else ("job", job_of(dst))
+        key = ("adopt", "dropped.json") if adoption else ("run", job_of(dst))
         old = next(e[1] for e in rec.events[i_rename:] if e[0] == "unlink" and (parse_claim(os.path.basename(e[1])) or ())[:2] == key)
         assert_durable_commit(rec, i_rename, tmp, dst, old_copy=old)
     assert sorted(spool.listdir("done")) == ["dropped.json", "ok.json"] and spool.listdir("dead") == ["bad.json"]
@@ -285,12 +285,12 @@ def test_a_real_worker_run_commits_every_transition_durably(tmp_path):
 def test_dlq_retry_fsyncs_file_renames_fsyncs_pending_then_drops_the_claim(tmp_path, monkeypatch):
     spool = new_spool(tmp_path)
     spool.enqueue([accept({"id": "j1", "command": "false", "max_retries": 0})])
-    cname = spool.claim(pending_name(spool, "j1"), "j1")
+    claim = spool.take("run", pending_name(spool, "j1"))
     t = time.time()
     job, nb = policy.record_attempt(
-        spool.read("processing", cname), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
+        spool.read_claim(claim), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
     )
-    assert spool.settle(cname, job, nb) == ("dead", "j1.json")
+    assert spool.finish(claim, job, nb) == ("dead", "j1.json")
 
     rec = Recorder(spool.root).install(monkeypatch.setattr)
     assert dlq.retry(spool, ["j1"], False) == (["j1"], [])
@@ -298,7 +298,7 @@ def test_dlq_retry_fsyncs_file_renames_fsyncs_pending_then_drops_the_claim(tmp_p
 
     # the claim: a bare rename out of dead/
     ((i_claim, claim),) = [(i, e[2]) for i, e in enumerate(rec.events) if e[0] == "rename" and e[1] == "dead/j1.json"]
-    assert os.path.dirname(claim) == "processing" and parse_claim(os.path.basename(claim)) == ("job", "j1", spool.wid)
+    assert os.path.dirname(claim) == "processing" and parse_claim(os.path.basename(claim)) == ("revive", "j1", spool.wid)
     ((i_rename, tmp, dst),) = rec.commits("pending")
     assert i_claim < i_rename and dst == os.path.join("pending", pending_name(spool, "j1"))
     assert_durable_commit(rec, i_rename, tmp, dst, old_copy=claim)
@@ -383,7 +383,7 @@ def test_reject_fsyncs_rejected_before_removing_the_claim(tmp_path, monkeypatch)
     from queuectl.settings import Watched
 
     spool = new_spool(tmp_path)
-    with open(spool.path("pending", "bad.json"), "wb") as f:
+    with open(os.path.join(spool.root, "pending", "bad.json"), "wb") as f:
         f.write(b"{not json")
     rec = Recorder(spool.root).install(monkeypatch.setattr)
     Intake(spool, DueIndex(), Watched(spool.config_path), lambda msg: None).adopt("bad.json", time.time())
@@ -403,18 +403,19 @@ def test_recovery_putting_an_interrupted_dlq_retry_back_fsyncs_dead_before_remov
 
     spool = new_spool(tmp_path)
     spool.enqueue([accept({"id": "j1", "command": "false", "max_retries": 0})])
-    cname = spool.claim(pending_name(spool, "j1"), "j1")
+    claim = spool.take("run", pending_name(spool, "j1"))
     t = time.time()
     job, nb = policy.record_attempt(
-        spool.read("processing", cname), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
+        spool.read_claim(claim), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
     )
-    spool.settle(cname, job, nb)
+    spool.finish(claim, job, nb)
     # a `dlq retry` by a process that died right after its claim (this pid, another start time)
     host, pid, start = spool.wid.rsplit(".", 2)
     lost = f"{host}.{pid}.{int(start) + 1}"
-    cname = spool.claim_final("dead", "j1")
-    assert parse_claim(cname) == ("job", "j1", spool.wid)
-    os.rename(spool.path("processing", cname), spool.path("processing", cname.replace(f"@{spool.wid}.", f"@{lost}.")))
+    claim = spool.take("revive", "j1.json")
+    assert parse_claim(claim.name) == ("revive", "j1", spool.wid)
+    processing = os.path.join(spool.root, "processing")
+    os.rename(os.path.join(processing, claim.name), os.path.join(processing, claim.name.replace(f"@{spool.wid}.", f"@{lost}.")))
 
     rec = Recorder(spool.root).install(monkeypatch.setattr)
     Recovery(spool, Watched(spool.config_path), lambda msg: None).run(time.time())
@@ -422,7 +423,7 @@ def test_recovery_putting_an_interrupted_dlq_retry_back_fsyncs_dead_before_remov
 
     assert spool.listdir("dead") == ["j1.json"] and spool.listdir("processing") == []
     ((i_link, mine),) = [(i, e[1]) for i, e in enumerate(rec.events) if e[0] == "link" and e[2] == "dead/j1.json"]
-    assert parse_claim(os.path.basename(mine)) == ("job", "j1", spool.wid)  # taken over by this process
+    assert parse_claim(os.path.basename(mine)) == ("revive", "j1", spool.wid)  # taken over by this process
     i_unlink = rec.index(("unlink", mine))
     syncs = [i for i in rec.indexes(("fsync", "dead")) if i > i_link]
     assert syncs and min(syncs) < i_unlink, rec.show()

@@ -10,7 +10,7 @@ import random
 import sys
 
 from queuectl import job as jobdoc
-from queuectl import spool as sp
+from queuectl import layout as sp
 from queuectl.errors import JobInvalid
 from queuectl.intake import unsafe_name
 

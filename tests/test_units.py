@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
 from queuectl import job as jobdoc
-from queuectl import policy, settings, spool as sp
+from queuectl import layout as sp
+from queuectl import policy, settings
 from queuectl.dueindex import DueIndex
 from queuectl.errors import BadInput, JobInvalid
 from queuectl.timeutil import iso, parse_iso, parse_stamp, stamp
@@ -143,15 +144,16 @@ def test_parse_stamp_and_stamp():
 def test_claim_names():
     wid = "host-1.example.1234.56789"
     pname = "20261128T120000.000000Z_a.b.json"
-    assert sp.claim_name(pname, wid) == "20261128T120000.000000Z_a.b@host-1.example.1234.56789.json"
-    assert sp.parse_claim("20261128T120000.000000Z_a.b@host-1.example.1234.56789.json") == ("job", "a.b", wid)
-    assert sp.pending_of_claim(sp.claim_name(pname, wid)) == pname
-    assert sp.reclaim_name(sp.claim_name(pname, wid), "other.1.2") == "20261128T120000.000000Z_a.b@other.1.2.json"
-    assert sp.reclaim_name(sp.adopt_name("x y", wid), "other.1.2") == "x y@other.1.2.adopt"
-    assert sp.adopt_name("my job@x.json", wid) == "my job@x.json@host-1.example.1234.56789.adopt"
-    assert sp.parse_claim("my job@x.json@host-1.example.1234.56789.adopt") == ("adopt", "my job@x.json", wid)
-    assert sp.parse_claim("odd\nname@h.1.2.adopt") == ("adopt", "odd\nname", "h.1.2")
-    for bad in ("a.b@host-1.example.1234.56789.json", "a@host.json", "a@host.1.json", "a@host.1.x.json", ".a@h.1.2.json", "a@h_x.1.2.json", "a.json", "a@h.1.2.adopt.json", "@h.1.2.adopt"):
+    assert sp.claim_name("run", pname, wid) == "20261128T120000.000000Z_a.b@host-1.example.1234.56789.json"
+    assert sp.parse_claim("20261128T120000.000000Z_a.b@host-1.example.1234.56789.json")[1:] == ("run", pname, "a.b", wid)
+    assert sp.claim_name("run", pname, "other.1.2") == "20261128T120000.000000Z_a.b@other.1.2.json"
+    assert sp.claim_name("adopt", "x y", "other.1.2") == "x y@other.1.2.adopt"
+    assert sp.claim_name("adopt", "my job@x.json", wid) == "my job@x.json@host-1.example.1234.56789.adopt"
+    assert sp.parse_claim("my job@x.json@host-1.example.1234.56789.adopt")[1:] == ("adopt", "my job@x.json", None, wid)
+    assert sp.parse_claim("odd\nname@h.1.2.adopt")[1:] == ("adopt", "odd\nname", None, "h.1.2")
+    assert sp.claim_name("revive", "a.b.json", wid) == "a.b@host-1.example.1234.56789.revive"
+    assert sp.parse_claim("a.b@h.1.2.revive")[1:] == ("revive", "a.b.json", "a.b", "h.1.2")
+    for bad in ("a.b@host-1.example.1234.56789.json", "a@host.json", "a@host.1.json", "a@host.1.x.json", ".a@h.1.2.json", "a@h_x.1.2.json", "a.json", "a@h.1.2.adopt.json", "@h.1.2.adopt", ".a@h.1.2.revive", "x@h.1.2.cancel"):
         assert sp.parse_claim(bad) is None, bad
 
 
@@ -161,14 +163,16 @@ def test_real_worker_id_is_in_the_grammar():
     wid = worker_id()
     assert re.fullmatch(r"[A-Za-z0-9.-]+\.\d+\.\d+", wid)
     assert split_worker_id(wid)[1] == os.getpid()
-    assert sp.parse_claim(sp.claim_name(sp.pending_name(1.5, "x"), wid)) == ("job", "x", wid)
+    assert sp.parse_claim(sp.claim_name("run", sp.pending_name(1.5, "x"), wid))[2:] == (sp.pending_name(1.5, "x"), "x", wid)
 
 
 @HYP
 @given(job_id=ids, wid=worker_ids, original=st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and "\0" not in s))
 def test_claim_round_trip(job_id, wid, original):
-    assert sp.parse_claim(sp.claim_name(sp.pending_name(1795000000.5, job_id), wid)) == ("job", job_id, wid)
-    assert sp.parse_claim(sp.adopt_name(original, wid)) == ("adopt", original, wid)
+    pname = sp.pending_name(1795000000.5, job_id)
+    for op, origin, key in (("run", pname, job_id), ("revive", sp.final_name(job_id), job_id), ("adopt", original, None)):
+        name = sp.claim_name(op, origin, wid)
+        assert sp.parse_claim(name) == (name, op, origin, key, wid)
 
 
 def test_final_and_log_names():
@@ -763,15 +767,13 @@ def test_due_index_scheduled_jobs():
     assert idx.next_due() is None
 
 
-def test_due_index_discard_retain_and_readd():
+def test_due_index_retain_and_readd():
     idx = DueIndex()
     for i, name in enumerate("abcd"):
         idx.add(name, 0, T0 + i, name)
     idx.add("a", 99, T0, "a")  # adding a known name again changes nothing
-    idx.discard("b")
-    idx.discard("zz")  # unknown: no error
+    idx.retain({"a", "c", "x"})  # forgets b and d
     assert "b" not in idx and "a" in idx
-    idx.retain({"a", "c", "x"})
     assert len(idx) == 2 and "d" not in idx
     idx.add("d", 0, T0 - 1, "d")  # a forgotten name comes back with its new key
     idx.add("b", 0, T0 + 100, "b")  # re-added with a later time: the stale early entry is ignored
