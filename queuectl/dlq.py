@@ -26,6 +26,8 @@ def retry(spool, ids, all_):
             errors.append(NotFound(f"job {job_id!r} cannot be read: {e}"))
             continue
         now = clock()
-        spool.finish(claim, policy.revive(job, now), now)
+        if spool.finish(claim, policy.revive(job, now), now) is None:  # RACE: we were thought lost
+            errors.append(NotFound(f"job {job_id!r} was put back in dead/ by recovery while this command was stopped"))
+            continue
         revived.append(job_id)
     return revived, errors

@@ -150,8 +150,10 @@ class Intake:
         if not doc.get("run_at"):
             name_nb = L.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now
-        folder, new_name = self.spool.finish(claim, job, nb)
-        self.index.add(new_name, job["priority"], nb, job["created_at"], job)
+        dest = self.spool.finish(claim, job, nb)
+        if dest is None:
+            return  # RACE: we were thought lost and recovery took the drop-in over: it is theirs
+        self.index.add(dest[1], job["priority"], nb, job["created_at"], job)
         self.log(f"adopted {name!r} as job {job_id}")
 
     def reject(self, claim, reason, now):

@@ -70,7 +70,7 @@ FINAL_RE = re.compile(r"(" + ID_PATTERN + r")\.json\Z")
 LOG_RE = re.compile(r"(" + ID_PATTERN + r")\.(\d+)\.log\Z")
 HEARTBEAT_RE = re.compile(r"(" + WORKER_PATTERN + r")\.json\Z")
 HEARTBEAT_TMP_RE = re.compile(r"\.(" + WORKER_PATTERN + r")\.[0-9a-f]+\.tmp\Z")
-TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-[0-9a-f]+\.(enqueue|write)\Z")
+TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-([0-9a-f]+)\.(enqueue|write|fence)\Z")
 REASON_SUFFIX = ".reason"
 
 Claim = namedtuple("Claim", "name op origin job_id holder")
@@ -154,6 +154,7 @@ def dropin_id(name):
 # -- transitions: spool_layout.md's table, row for row ------------------------------------------
 
 Transition = namedtuple("Transition", "name path who commit crash_before crash_after cleanup")
+FENCED = "or, past the fence, the claim as `tmp/qc-WORKER-HEX.fence` beside its new version `tmp/qc-WORKER-HEX.write`"
 TRANSITIONS = (
     Transition(
         "enqueue",
@@ -169,9 +170,9 @@ TRANSITIONS = (
         "pending/ → processing/`NAME@WORKER.adopt` → pending/",
         "worker",
         "rename of the canonical file into pending/",
-        "the drop-in's claim (maybe `ids/<id>`, holding the adoption's token)",
-        "the canonical job and the `.adopt` claim",
-        "recovery (`finish-or-put-back`): a claim whose job is in pending/ is removed; else it goes back to pending/ under its name, and adopting it again reuses the reservation (the token is derived from the file)",
+        f"the drop-in's claim (maybe `ids/<id>`, holding the adoption's token), {FENCED}",
+        "the canonical job, maybe the fence",
+        "recovery: a fence beside its new version: the new version is published, the fence removed (as 5); a claim (`finish-or-put-back`) goes back to pending/ under its name, and adopting it again reuses the reservation (the token is derived from the file)",
     ),
     Transition(
         "reject",
@@ -193,32 +194,32 @@ TRANSITIONS = (
     ),
     Transition(
         "finish ok",
-        "processing/ → done/",
+        "processing/ → (fence) → done/",
         "worker (while its next job runs)",
         "rename into done/",
-        "the claim, maybe `tmp/qc-WORKER-HEX.write`",
-        "the job in done/ and maybe the claim",
-        "recovery: a claim whose id is in done/, dead/ or pending/ is removed; the tmp/ file of a dead worker is deleted",
+        f"the claim and maybe its new version `tmp/qc-WORKER-HEX.write`, {FENCED}",
+        "the job in done/, maybe the fence",
+        "recovery, once the worker is dead: a new version whose fence is beside it is published and the fence removed; a new version alone, or a fence alone, is removed; a claim is recovered (8)",
     ),
-    Transition("retry", "processing/ → pending/ (later not-before)", "worker", "rename into pending/", "as 5", "as 5", "as 5"),
-    Transition("dead", "processing/ → dead/", "worker", "rename into dead/", "as 5", "as 5", "as 5"),
+    Transition("retry", "processing/ → (fence) → pending/ (later not-before)", "worker", "rename into pending/", "as 5", "as 5", "as 5"),
+    Transition("dead", "processing/ → (fence) → dead/", "worker", "rename into dead/", "as 5", "as 5", "as 5"),
     Transition(
         "recovery",
-        "processing/ (dead holder) → processing/ (new holder) → pending/ or dead/",
+        "processing/ (dead holder) → processing/ (new holder) → (fence) → pending/ or dead/",
         "any worker",
         "as 6/7",
-        "the claim",
+        "the claim, as 5",
         "as 5",
-        "the next recovery",
+        "as 5",
     ),
     Transition(
         "dlq retry",
-        "dead/ → processing/`ID@WORKER.revive` → pending/ (attempts 0)",
+        "dead/ → processing/`ID@WORKER.revive` → (fence) → pending/ (attempts 0)",
         "`queuectl dlq retry`",
         "rename into pending/",
-        "the `.revive` claim",
+        "the `.revive` claim, as 5",
         "as 5",
-        "recovery (`put-back`): the claim goes back to dead/",
+        "recovery: a claim (`put-back`) goes back to dead/; past the fence, as 5",
     ),
     Transition(
         "release",
@@ -227,7 +228,7 @@ TRANSITIONS = (
         "link into pending/",
         "the claim",
         "the job pending, maybe the claim",
-        "as 5",
+        "recovery: a claim whose job is in pending/ is removed",
     ),
 )
 

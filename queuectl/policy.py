@@ -46,7 +46,24 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
         job["state"] = "dead"
         return job, None
     job["state"] = "failed"
-    return job, min(finished + backoff(attempts, base, maximum), LATEST)
+    return job, retry_time(finished, attempts, base, maximum)
+
+
+def retry_time(finished, attempts, base, maximum):
+    """When a job whose ATTEMPTS-th attempt failed at FINISHED may run again."""
+    return min(finished + backoff(attempts, base, maximum), LATEST)
+
+
+def next_run(job, now, base, maximum):
+    """The not-before time of a job found staged in tmp/ with no name to carry it (a commit whose
+    writer died between its fence and its publish): a retry's from its last attempt, else now
+    (or run_at)."""
+    from queuectl.timeutil import parse_iso
+
+    history = job.get("history") or []
+    if job.get("state") == "failed" and history:
+        return retry_time(parse_iso(history[-1]["finished_at"]), job.get("attempts", 0), base, maximum)
+    return parse_iso(job["run_at"]) if job.get("run_at") else now
 
 
 def revive(job, now):

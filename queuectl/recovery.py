@@ -117,8 +117,8 @@ class Recovery:
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
         )
-        self.spool.finish(claim, job, nb)
-        self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
+        if self.spool.finish(claim, job, nb) is not None:
+            self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
 
     def put_back(self, claim, holder, claimed_at, now):
         """A command died moving a job: the job goes back where it was, unchanged."""
@@ -162,7 +162,9 @@ class Recovery:
                     continue
                 if purpose == "enqueue" and self._roll_forward(name):
                     continue
-                self.spool.drop_tmp(name)  # a half-done rewrite; the job's claim still holds it
+                if purpose == "fence" and not self._finish_commit(name, now):
+                    continue
+                self.spool.drop_tmp(name)  # a half-done rewrite (the job's claim still holds it), or an old copy
             elif now - mtime > TMP_GRACE:
                 kept = self.spool.reject_tmp(name, "left in tmp/ for over an hour: its writer never renamed it into pending/", now)
                 self.log(f"moved abandoned tmp/{name} to rejected/{kept}")
@@ -178,3 +180,22 @@ class Recovery:
                 self.log(f"finished the interrupted enqueue of job {job['id']}")
                 return True
         return False
+
+    def _finish_commit(self, fence, now):
+        """A process died between the fence and the publish of a commit (Spool.commit): its
+        claim is the fence, its result the stage beside it. Publish the stage. True when the
+        fence is an old copy to remove."""
+        stage = self.spool.stage_of(fence)
+        if stage is None:
+            return True  # published: the fence is an old copy
+        try:
+            job = self.spool.read("tmp", stage, 1 << 30)
+        except (JobInvalid, OSError) as e:  # a stage is complete before its fence: never seen, but keep both
+            for name in (stage, fence):
+                self.spool.reject_tmp(name, f"an interrupted commit whose new version cannot be read ({e})", now)
+            return False
+        if not self.spool.locate(job["id"], include_processing=True):
+            nb = policy.next_run(job, now, self.settings["backoff-base"], self.settings["backoff-max"])
+            self.spool.roll_forward(stage, job, nb)
+            self.log(f"finished the interrupted commit of job {job['id']}: now {job['state']}")
+        return True

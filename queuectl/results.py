@@ -9,24 +9,25 @@ and re-run, never lost.
 import time
 
 from queuectl import policy
+from queuectl.spool import Commit
 
 SETTLE_BATCH = 16  # finished attempts settled together at most...
 SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
 
 
 class Finished:
-    """An ended attempt, not yet durable. record() turns it into its job's next version."""
+    """An ended attempt, not yet durable. record() turns it into its job's next version: a Commit."""
 
-    __slots__ = ("claim", "job", "attempt", "log", "not_before")
+    __slots__ = ("claim", "job", "attempt", "log", "commit")
 
     def __init__(self, claim, job, attempt, log):
-        self.claim, self.job, self.attempt, self.log, self.not_before = claim, job, attempt, log, None
+        self.claim, self.job, self.attempt, self.log, self.commit = claim, job, attempt, log, None
 
     def record(self, wid, settings):
-        if self.attempt is None:
+        if self.commit is not None:
             return
         a = self.attempt
-        self.job, self.not_before = policy.record_attempt(
+        job, not_before = policy.record_attempt(
             self.job,
             started=a.started,
             finished=a.finished,
@@ -37,7 +38,7 @@ class Finished:
             base=settings["backoff-base"],
             maximum=settings["backoff-max"],
         )
-        self.attempt = None
+        self.commit = Commit(self.claim, job, not_before)
 
 
 class Unsettled:
@@ -47,34 +48,34 @@ class Unsettled:
         self.spool = spool
         self.settings = settings
         self.items = []
-        self.oldest = 0.0  # when the oldest item was added
+        self.oldest = 0.0  # when the oldest item was added (monotonic)
 
     def __len__(self):
         return len(self.items)
 
     def add(self, claim, job, attempt, log):
         if not self.items:
-            self.oldest = time.time()
+            self.oldest = time.monotonic()
         self.items.append(Finished(claim, job, attempt, log))
 
     def due(self):
         """Worth settling now: SETTLE_BATCH results, or the oldest waiting SETTLE_DELAY seconds.
         Fewer, larger batches share their file-system flushes."""
-        return bool(self.items) and (len(self.items) >= SETTLE_BATCH or time.time() - self.oldest >= SETTLE_DELAY)
+        return bool(self.items) and (len(self.items) >= SETTLE_BATCH or time.monotonic() - self.oldest >= SETTLE_DELAY)
 
     def settle(self):
-        """Record every queued attempt and commit them in one batch (Spool.finish_many).
+        """Record every queued attempt and commit them in one batch (Spool.commit).
 
-        Returns [(job, not_before, (folder, name))] of the committed ones. On an OSError the part
-        of the batch that was published leaves the queue; the rest stays, its jobs still claimed."""
+        Returns ([Commit] that ended: published or taken over, the OSError that stopped the batch
+        or None). What did not end stays queued, its job still claimed, and is never published
+        twice (Spool.commit goes on where it stopped)."""
         for item in self.items:
             item.record(self.spool.wid, self.settings)
-        if not self.items:
-            return []
+        error = None
         try:
-            dests = self.spool.finish_many([(i.claim, i.job, i.not_before) for i in self.items])
+            self.spool.commit([i.commit for i in self.items])
         except OSError as e:
-            del self.items[: getattr(e, "published", 0)]
-            raise
-        done, self.items = self.items, []
-        return [(i.job, i.not_before, dest) for i, dest in zip(done, dests)]
+            error = e
+        done = [i.commit for i in self.items if i.commit.outcome is not None]
+        self.items = [i for i in self.items if i.commit.outcome is None]
+        return done, error

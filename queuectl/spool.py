@@ -37,6 +37,26 @@ def default_root():
     return os.path.join(base, "queuectl")
 
 
+PUBLISHED, TAKEN_OVER = "published", "taken over"
+
+
+class Commit:
+    """One claimed job's new version on its way into place (Spool.commit): CLAIM is replaced by
+    JOB in the folder its state names (pending/ under NOT_BEFORE for a retry)."""
+
+    __slots__ = ("claim", "job", "not_before", "staged", "fence", "dest", "outcome")
+
+    def __init__(self, claim, job, not_before=None):
+        self.claim, self.job, self.not_before = claim, job, not_before
+        self.staged = self.fence = self.dest = self.outcome = None
+
+
+def _destination(job, not_before):
+    if job["state"] in ("completed", "dead"):
+        return L.folder_of(job["state"]), L.final_name(job["id"])
+    return "pending", L.pending_name(not_before, job["id"])
+
+
 class Spool:
     def __init__(self, root):
         self.root = os.path.abspath(root)
@@ -114,8 +134,7 @@ class Spool:
     def _publish(self, moves):
         """Rename each staged (tmp path, folder, name) into place, then fsync each folder once.
 
-        On an error the staged files not yet renamed are removed, and the OSError carries
-        `.published`: how many were renamed (those stay published)."""
+        On an error the staged files not yet renamed are removed; those renamed stay published."""
         done = 0
         try:
             for tmp, folder, name in moves:
@@ -123,10 +142,9 @@ class Spool:
                 done += 1
             for folder in dict.fromkeys(folder for _, folder, _ in moves):
                 fsio.fsync_dir(self._dir(folder))
-        except OSError as e:
+        except OSError:
             for tmp, _, _ in moves[done:]:
                 fsio.unlink_quiet(tmp)
-            e.published = done
             raise
 
     # -- enqueue (transition 1) ----------------------------------------------------------------
@@ -270,30 +288,75 @@ class Spool:
         fsio.unlink_quiet(self._path("processing", claim.name))
 
     def finish(self, claim, job, not_before=None):
-        """Write JOB to the folder its state names, then drop the claim (transitions 5-9)."""
-        return self.finish_many([(claim, job, not_before)])[0]
+        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9).
 
-    def finish_many(self, results):
-        """finish() for a batch [(claim, job, not_before)], sharing the flushes.
+        Returns (folder, name), or None when the claim had been taken over (see commit)."""
+        c = Commit(claim, job, not_before)
+        self.commit([c])
+        return c.dest if c.outcome == PUBLISHED else None
 
-        Returns [(folder, name)] per result. On an OSError the first `.published` results of the
-        batch are published (their claims dropped); the others are untouched, still claimed."""
-        dests = []
-        for _, job, nb in results:
-            if job["state"] in ("completed", "dead"):
-                dests.append((L.folder_of(job["state"]), L.final_name(job["id"])))
-            else:
-                dests.append(("pending", L.pending_name(nb, job["id"])))
-        staged = self._stage([jobdoc.dumps(job) for _, job, _ in results])
+    def commit(self, items):
+        """Publish a batch of Commits, sharing the flushes. Each ends PUBLISHED, or TAKEN_OVER when
+        its claim was no longer ours: a holder that was thought lost (frozen past its lease) never
+        publishes over the one that recovered its job.
+
+        Per item: the new content is staged in tmp/ (durable); the claim is renamed to the
+        stage's `.fence` in tmp/ -- the fence: this rename fails if recovery took the claim over,
+        and once it succeeds nobody else can take it -- then the stage is renamed into place.
+        Once every destination folder is fsynced, the fences (the old copies) are removed.
+
+        A destination that refuses its item (full disk, permissions) does not hold back the
+        others; the first such OSError is raised at the end. Idempotent: the items published stay
+        published, the others keep their stage and claim, and calling commit again with the same
+        items goes on from there."""
+        todo = [c for c in items if c.outcome is None]
+        fresh = [c for c in todo if c.staged is None]
+        for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh])):
+            c.staged, c.dest = path, _destination(c.job, c.not_before)
+        published, error = [], None
         try:
-            self._publish([(tmp, folder, name) for tmp, (folder, name) in zip(staged, dests)])
-        except OSError as e:
-            for claim, _, _ in results[: e.published]:
-                self.drop(claim)
-            raise
-        for claim, _, _ in results:
-            self.drop(claim)
-        return dests
+            for c in todo:
+                if not self._fence(c):
+                    continue
+                try:
+                    os.rename(c.staged, self._path(*c.dest))
+                except FileNotFoundError:
+                    pass  # RACE: we were frozen after the fence and recovery published our stage: done
+                except OSError as e:  # this destination refuses it; the others may not
+                    self._unfence(c)
+                    error = error or e
+                    continue
+                c.outcome = PUBLISHED
+                published.append(c)
+        finally:
+            for folder in dict.fromkeys(c.dest[0] for c in published):
+                fsio.fsync_dir(self._dir(folder))
+            for c in published:
+                fsio.unlink_quiet(c.fence)
+        if error is not None:
+            raise error
+
+    def _fence(self, c):
+        """Move C's claim out of reach of recovery; False (and the stage dropped) if it was taken."""
+        if c.fence is not None:
+            return True  # fenced by an earlier try whose publish failed
+        fence = c.staged.rpartition(".")[0] + ".fence"
+        try:
+            os.rename(self._path("processing", c.claim.name), fence)
+        except FileNotFoundError:  # RACE: recovery took the claim over: the job is its holder's now
+            fsio.unlink_quiet(c.staged)
+            c.outcome = TAKEN_OVER
+            return False
+        c.fence = fence
+        return True
+
+    def _unfence(self, c):
+        """Put C's claim back after a failed publish, so that the job stays visible meanwhile."""
+        try:
+            os.rename(c.fence, self._path("processing", c.claim.name))
+            c.fence = None
+        except OSError:
+            pass  # it stays fenced: the next commit publishes from there
 
     # -- rejected/ (transition 3) ---------------------------------------------------------------
 
@@ -458,7 +521,8 @@ class Spool:
     # -- tmp/ -----------------------------------------------------------------------------------
 
     def tmp_files(self):
-        """[(name, owner worker id or None, purpose or None, mtime)] of files in tmp/."""
+        """[(name, owner worker id or None, purpose or None, mtime)] of files in tmp/, fences
+        first (a fence says what to do with the stage beside it)."""
         out = []
         for name in self.listdir("tmp"):
             try:
@@ -466,14 +530,23 @@ class Spool:
             except FileNotFoundError:
                 continue  # RACE: its writer renamed it into pending/ meanwhile
             m = L.TMP_RE.match(name)
-            out.append((name, m.group(1) if m else None, m.group(2) if m else None, mtime))
+            out.append((name, m.group(1) if m else None, m.group(3) if m else None, mtime))
+        out.sort(key=lambda t: t[2] != "fence")
         return out
 
-    def roll_forward(self, name, job):
-        """Finish an interrupted enqueue: its tmp/ file holds a complete job with its id reserved."""
-        nb = parse_iso(job.get("run_at") or job["created_at"])
-        os.rename(self._path("tmp", name), self._path("pending", L.pending_name(nb, job["id"])))
-        fsio.fsync_dir(self._dir("pending"))
+    def stage_of(self, fence):
+        """The name of the stage a fence in tmp/ belongs to, if it is still there."""
+        name = fence.rpartition(".")[0] + ".write"
+        return name if os.path.lexists(self._path("tmp", name)) else None
+
+    def roll_forward(self, name, job, not_before=None):
+        """Publish a complete job left in tmp/ by a dead process: an interrupted enqueue (its id
+        reserved), or a commit that died between its fence and its publish."""
+        if not_before is None:
+            not_before = parse_iso(job.get("run_at") or job["created_at"])
+        folder, dest = _destination(job, not_before)
+        os.rename(self._path("tmp", name), self._path(folder, dest))
+        fsio.fsync_dir(self._dir(folder))
 
     def drop_tmp(self, name):
         fsio.unlink_quiet(self._path("tmp", name))

@@ -29,6 +29,7 @@ from queuectl.procs import hostname
 from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
 from queuectl.settings import Watched
+from queuectl.spool import TAKEN_OVER
 from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher
 
@@ -269,20 +270,23 @@ class Worker:
     def settle(self):
         """Make the finished attempts durable, then account for them. On a file-system fault the
         rest stay queued, their jobs claimed, and claims pause. True when none is left."""
-        try:
-            settled = self.unsettled.settle()
-        except OSError as e:
-            self.fault("store the results of finished jobs", e)
-            return False
-        for job, nb, (folder, name) in settled:
-            state = job["state"]
-            self.counts[state] += 1
-            if state == "failed":
-                self.index.add(name, job.get("priority") or 0, nb, job.get("created_at") or "")
-                detail = f"retry at {iso(nb)}"
+        done, error = self.unsettled.settle()
+        for c in done:
+            job = c.job
+            if c.outcome == TAKEN_OVER:
+                self.log(f"job {job['id']} attempt {job['attempts']}: result not stored ({_describe(job)}): "
+                         "recovery took the job over while this worker was stopped; its new holder owns it")
+                continue
+            self.counts[job["state"]] += 1
+            if job["state"] == "failed":
+                self.index.add(c.dest[1], job.get("priority") or 0, c.not_before, job.get("created_at") or "")
+                detail = f"retry at {iso(c.not_before)}"
             else:
-                detail = f"now {state}"
+                detail = f"now {job['state']}"
             self.log(f"job {job['id']} attempt {job['attempts']}: {_describe(job)}, {detail}")
+        if error is not None:
+            self.fault("store the results of finished jobs", error)
+            return False
         return True
 
     def idle_for_good(self, now):

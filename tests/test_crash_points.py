@@ -138,7 +138,7 @@ def drop_in(ctx, name, data):
     ctx.original = data
 
 
-TMP_RE = re.compile(r"qc-" + WORKER + r"-[0-9a-f]+\.(enqueue|write)\Z")  # queuectl's own tmp/ files
+TMP_RE = re.compile(r"qc-" + WORKER + r"-[0-9a-f]+\.(enqueue|write|fence)\Z")  # queuectl's own tmp/ files
 HEARTBEAT_RE = re.compile(WORKER + r"\.json\Z")
 
 
@@ -279,6 +279,7 @@ DEAD = {"dead": ["j1.json"], "ids": ["j1"]}
 Case = namedtuple("Case", "setup step trap left recovered final backoff_max", defaults=("0",))
 # left: listing(any_worker=True) right after the crash: the table's "a crash before/after it leaves"
 HB = {"workers": ["W.json"]}  # the heartbeat of a worker that died
+FENCED = ["qc-W.fence", "qc-W.write"]  # a claim past its fence, beside its new version (its stage)
 
 
 def L(*parts, **folders):
@@ -304,13 +305,10 @@ CASES = {
         step=run_worker,
         trap=("rename", moves("tmp", "pending")),
         left={
-            "before": L(HB, processing=["j1.json@W.adopt"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(HB, P, processing=["j1.json@W.adopt"]),
+            "before": L(HB, tmp=FENCED, ids=["j1"]),
+            "after": L(HB, P, tmp=["qc-W.fence"]),
         },
-        recovered={
-            "before": Expect({"pending": ["j1.json"], "ids": ["j1"]}, None, None, None),
-            "after": Expect(P, "pending", 0, None),
-        },
+        recovered={w: Expect(P, "pending", 0, None) for w in ("before", "after")},
         final={w: Expect(DONE, "completed", 1, None) for w in ("before", "after")},
     ),
     # 3: a worker rejects a drop-in that is not JSON: the commit is the link into rejected/
@@ -345,23 +343,17 @@ CASES = {
         setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true"}),
         step=run_worker,
         trap=("rename", moves("tmp", "done")),
-        left={
-            "before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(HB, DONE, processing=["j1@W.json"]),
-        },
-        recovered={"before": Expect(P, "failed", 1, LOST), "after": Expect(DONE, "completed", 1, None)},
-        final={"before": Expect(DONE, "completed", 2, None), "after": Expect(DONE, "completed", 1, None)},
+        left={"before": L(HB, tmp=FENCED, ids=["j1"]), "after": L(HB, DONE, tmp=["qc-W.fence"])},
+        recovered={w: Expect(DONE, "completed", 1, None) for w in ("before", "after")},
+        final={w: Expect(DONE, "completed", 1, None) for w in ("before", "after")},
     ),
     # 6: the attempt failed with retries left: settle to pending/ with a later not-before
     "retry": Case(
         setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": f"test -e {ctx.flag}", "max_retries": 3}),
         step=run_worker,
         trap=("rename", moves("tmp", "pending")),
-        left={
-            "before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(HB, P, processing=["j1@W.json"]),
-        },
-        recovered={"before": Expect(P, "failed", 1, LOST), "after": Expect(P, "failed", 1, "exited with status 1")},
+        left={"before": L(HB, tmp=FENCED, ids=["j1"]), "after": L(HB, P, tmp=["qc-W.fence"])},
+        recovered={w: Expect(P, "failed", 1, "exited with status 1") for w in ("before", "after")},
         final={w: Expect(DONE, "completed", 2, None) for w in ("before", "after")},
         # not due at once: the dying worker must not claim the retry before the crash (see
         # test_a_retry_claimed_while_its_commit_finishes_keeps_its_claim)
@@ -372,22 +364,16 @@ CASES = {
         setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "exit 3", "max_retries": 0}),
         step=run_worker,
         trap=("rename", moves("tmp", "dead")),
-        left={
-            "before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(HB, DEAD, processing=["j1@W.json"]),
-        },
-        recovered={"before": Expect(DEAD, "dead", 1, LOST), "after": Expect(DEAD, "dead", 1, "exited with status 3")},
-        final={"before": Expect(DEAD, "dead", 1, LOST), "after": Expect(DEAD, "dead", 1, "exited with status 3")},
+        left={"before": L(HB, tmp=FENCED, ids=["j1"]), "after": L(HB, DEAD, tmp=["qc-W.fence"])},
+        recovered={w: Expect(DEAD, "dead", 1, "exited with status 3") for w in ("before", "after")},
+        final={w: Expect(DEAD, "dead", 1, "exited with status 3") for w in ("before", "after")},
     ),
     # 8: a worker recovers a dead holder's claim: the lost attempt counts, retries left -> pending/
     "recovery": Case(
         setup=lambda ctx: (enqueue(ctx, {"id": "j1", "command": "true", "max_retries": 3}), dead_holder_claim(ctx, "j1")),
         step=run_worker,
         trap=("rename", moves("tmp", "pending")),
-        left={
-            "before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(HB, P, processing=["j1@W.json"]),
-        },
+        left={"before": L(HB, tmp=FENCED, ids=["j1"]), "after": L(HB, P, tmp=["qc-W.fence"])},
         recovered={w: Expect(P, "failed", 1, LOST) for w in ("before", "after")},  # counted once, not twice
         final={w: Expect(DONE, "completed", 2, None) for w in ("before", "after")},
     ),
@@ -396,10 +382,7 @@ CASES = {
         setup=lambda ctx: (enqueue(ctx, {"id": "j1", "command": "true", "max_retries": 0}), dead_holder_claim(ctx, "j1")),
         step=lambda ctx: Recovery(ctx.spool(), Watched(ctx.spool().config_path), lambda m: None).run(time.time()),
         trap=("rename", moves("tmp", "dead")),
-        left={
-            "before": L(processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(DEAD, processing=["j1@W.json"]),
-        },
+        left={"before": L(tmp=FENCED, ids=["j1"]), "after": L(DEAD, tmp=["qc-W.fence"])},
         recovered={w: Expect(DEAD, "dead", 1, LOST) for w in ("before", "after")},
         final={w: Expect(DEAD, "dead", 1, LOST) for w in ("before", "after")},
     ),
@@ -409,9 +392,39 @@ CASES = {
         step=lambda ctx: dlq.retry(ctx.spool(), ["j1"], False),
         trap=("rename", moves("tmp", "pending")),
         left={
-            "before": L(processing=["j1@W.revive"], tmp=["qc-W.write"], ids=["j1"]),
-            "after": L(P, processing=["j1@W.revive"]),
+            "before": L(tmp=FENCED, ids=["j1"]),
+            "after": L(P, tmp=["qc-W.fence"]),
         },
+        recovered={w: Expect(P, "pending", 0, None, _has_previous_run) for w in ("before", "after")},
+        final={w: Expect(DONE, "completed", 1, None, _has_previous_run) for w in ("before", "after")},
+    ),
+    # the fence of 5: the claim renamed into tmp/ beside its stage
+    "fence-finish-ok": Case(
+        setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true"}),
+        step=run_worker,
+        trap=("rename", moves("processing", "tmp")),
+        left={"before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"]), "after": L(HB, tmp=FENCED, ids=["j1"])},
+        recovered={"before": Expect(P, "failed", 1, LOST), "after": Expect(DONE, "completed", 1, None)},
+        final={"before": Expect(DONE, "completed", 2, None), "after": Expect(DONE, "completed", 1, None)},
+    ),
+    # the fence of 2: an adoption
+    "fence-adopt": Case(
+        setup=lambda ctx: drop_in(ctx, "j1.json", b'{"command": "true"}'),
+        step=run_worker,
+        trap=("rename", moves("processing", "tmp")),
+        left={"before": L(HB, processing=["j1.json@W.adopt"], tmp=["qc-W.write"], ids=["j1"]), "after": L(HB, tmp=FENCED, ids=["j1"])},
+        recovered={
+            "before": Expect({"pending": ["j1.json"], "ids": ["j1"]}, None, None, None),
+            "after": Expect(P, "pending", 0, None),
+        },
+        final={w: Expect(DONE, "completed", 1, None) for w in ("before", "after")},
+    ),
+    # the fence of 9: a dlq retry
+    "fence-dlq-retry": Case(
+        setup=lambda ctx: make_dead(ctx, {"id": "j1", "command": f"test -e {ctx.flag}"}),
+        step=lambda ctx: dlq.retry(ctx.spool(), ["j1"], False),
+        trap=("rename", moves("processing", "tmp")),
+        left={"before": L(processing=["j1@W.revive"], tmp=["qc-W.write"], ids=["j1"]), "after": L(tmp=FENCED, ids=["j1"])},
         recovered={
             "before": Expect(DEAD, "dead", 1, "exited with status 1", _no_previous_run),
             "after": Expect(P, "pending", 0, None, _has_previous_run),

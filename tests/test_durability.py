@@ -121,6 +121,22 @@ class Recorder:
         return "\n".join(f"{i:3} {' '.join(e)}" for i, e in enumerate(self.events))
 
 
+def fence_of(rec, claim):
+    """(index, path) of the rename of CLAIM (processing/NAME) to its fence in tmp/."""
+    ((i, fence),) = [(i, e[2]) for i, e in enumerate(rec.events) if e[0] == "rename" and e[1] == claim and os.path.dirname(e[2]) == "tmp"]
+    assert fence.endswith(".fence"), rec.show()
+    return i, fence
+
+
+def assert_fenced_commit(rec, i_rename, tmp, dst, claim):
+    """A claim's commit: write TMP -> fsync TMP -> rename CLAIM to its fence (TMP's name,
+    `.fence`) -> rename TMP to DST -> fsync DST's folder -> unlink the fence."""
+    i_fence, fence = fence_of(rec, claim)
+    assert fence == tmp.rpartition(".")[0] + ".fence", rec.show()
+    assert max(rec.indexes(("fsync", tmp)) + rec.indexes(("fdatasync", tmp))) < i_fence < i_rename, rec.show()
+    return assert_durable_commit(rec, i_rename, tmp, dst, old_copy=fence)
+
+
 def assert_durable_commit(rec, i_rename, tmp, dst, old_copy=None):
     """write TMP -> fsync TMP -> rename TMP to DST -> fsync DST's folder (-> unlink OLD_COPY)."""
     ev = rec.events
@@ -220,7 +236,7 @@ def test_settle_fsyncs_file_renames_fsyncs_folder_then_drops_the_claim(tmp_path,
 
     (commit,) = rec.commits(folder)
     assert commit[2] == os.path.join(*where) and where[0] == folder
-    assert_durable_commit(rec, *commit, old_copy=os.path.join("processing", claim.name))
+    assert_fenced_commit(rec, *commit, claim=os.path.join("processing", claim.name))
     assert spool.listdir("processing") == []
 
 
@@ -273,8 +289,9 @@ def test_a_real_worker_run_commits_every_transition_durably(tmp_path):
         # the old copy is the claim this commit settles: the next removal of that job's claim
         adoption = os.path.dirname(dst) == "pending" and job_of(dst) == "dropped"
         key = ("adopt", "dropped.json") if adoption else ("run", job_of(dst))
-        old = next(e[1] for e in rec.events[i_rename:] if e[0] == "unlink" and (parse_claim(os.path.basename(e[1])) or ())[:2] == key)
-        assert_durable_commit(rec, i_rename, tmp, dst, old_copy=old)
+        claim = next(e[1] for e in rec.events[:i_rename] if e[0] == "rename" and e[2] == tmp.rpartition(".")[0] + ".fence")
+        assert (parse_claim(os.path.basename(claim)) or ())[:2] == key, rec.show()
+        assert_fenced_commit(rec, i_rename, tmp, dst, claim)
     assert sorted(spool.listdir("done")) == ["dropped.json", "ok.json"] and spool.listdir("dead") == ["bad.json"]
     assert [job_of(n) for n in spool.listdir("pending")] == ["again"] and spool.listdir("processing") == []
 
@@ -296,12 +313,12 @@ def test_dlq_retry_fsyncs_file_renames_fsyncs_pending_then_drops_the_claim(tmp_p
     assert dlq.retry(spool, ["j1"], False) == (["j1"], [])
     rec.on = False
 
-    # the claim: a bare rename out of dead/
+    # the claim: a bare rename out of dead/ (then its fence, then the commit)
     ((i_claim, claim),) = [(i, e[2]) for i, e in enumerate(rec.events) if e[0] == "rename" and e[1] == "dead/j1.json"]
     assert os.path.dirname(claim) == "processing" and parse_claim(os.path.basename(claim)) == ("revive", "j1", spool.wid)
     ((i_rename, tmp, dst),) = rec.commits("pending")
     assert i_claim < i_rename and dst == os.path.join("pending", pending_name(spool, "j1"))
-    assert_durable_commit(rec, i_rename, tmp, dst, old_copy=claim)
+    assert_fenced_commit(rec, i_rename, tmp, dst, claim)
     assert spool.listdir("dead") == [] and spool.listdir("processing") == []
 
 
