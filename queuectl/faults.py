@@ -15,17 +15,17 @@ class Faults:
     def __init__(self, log):
         self.log = log
         self.delay = 0.0
-        self.hold_until = 0.0
+        self.hold_until = 0.0  # monotonic
         self._logged = {}  # message -> when it was last logged
 
     def report(self, action, error):
         msg = f"cannot {action}: {error.strerror or error}"
-        now = time.time()
+        now = time.monotonic()
         if now - self._logged.get(msg, -FAULT_RELOG) >= FAULT_RELOG:
             self._logged[msg] = now
             self.log(msg + " (will keep trying)")
         self.delay = min(max(self.delay * 2, 0.1), FAULT_BACKOFF_MAX)
-        self.hold_until = time.time() + self.delay
+        self.hold_until = time.monotonic() + self.delay
 
     def cleared(self):
         self.delay = 0.0

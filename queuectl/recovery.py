@@ -19,8 +19,9 @@ from queuectl.runner import CLAIM_ENV
 TMP_GRACE = 3600  # seconds before a writer's unfinished file in tmp/ is moved to rejected/
 
 
-def holder_is_dead(spool, holder, now, lease, claimed_at=None):
-    """Is the process behind worker id HOLDER gone? (PID reuse is caught by the start time.)"""
+def holder_is_dead(spool, holder, fs_now, lease, claimed_at=None):
+    """Is the process behind worker id HOLDER gone? (PID reuse is caught by the start time.)
+    Elsewhere: its heartbeat and CLAIMED_AT are older than LEASE on the spool's clock FS_NOW."""
     try:
         host, pid, start = split_worker_id(holder)
     except ValueError:
@@ -28,7 +29,7 @@ def holder_is_dead(spool, holder, now, lease, claimed_at=None):
     if host == hostname():
         return not is_alive_here(pid, start)
     seen = max(filter(None, (spool.heartbeat_mtime(holder), claimed_at)), default=None)
-    return seen is None or now - seen > lease
+    return seen is None or fs_now - seen > lease
 
 
 def kill_orphans(claim_name):
@@ -72,17 +73,20 @@ class Recovery:
         }
 
     def run(self, now):
-        self.claims(now)
-        self.heartbeats(now)
-        self.tmp(now)
+        """One pass. NOW (this host's clock) dates what recovery writes; the ages that decide
+        whether a holder is lost are measured on the spool's own clock (Spool.fs_now)."""
+        fs_now = self.spool.fs_now(now)
+        self.claims(now, fs_now)
+        self.heartbeats(fs_now)
+        self.tmp(now, fs_now)
 
-    def claims(self, now):
+    def claims(self, now, fs_now):
         lease = self.settings["lease-seconds"]
         for claim in self.spool.claims():
             if claim.holder == self.spool.wid:
                 continue
             claimed_at = self.spool.claimed_at(claim)
-            if claimed_at is not None and holder_is_dead(self.spool, claim.holder, now, lease, claimed_at):
+            if claimed_at is not None and holder_is_dead(self.spool, claim.holder, fs_now, lease, claimed_at):
                 self.recover(claim, claimed_at, now)
 
     def recover(self, claim, claimed_at, now):
@@ -145,27 +149,27 @@ class Recovery:
 
     # -- what dead workers leave beside claims ----------------------------------------------------
 
-    def heartbeats(self, now):
+    def heartbeats(self, fs_now):
         lease = self.settings["lease-seconds"]
         for wid in self.spool.worker_ids():
-            if wid != self.spool.wid and holder_is_dead(self.spool, wid, now, lease):
+            if wid != self.spool.wid and holder_is_dead(self.spool, wid, fs_now, lease):
                 self.spool.remove_heartbeat(wid)
         for name, wid in self.spool.heartbeat_leftovers():
-            if wid != self.spool.wid and holder_is_dead(self.spool, wid, now, lease):
+            if wid != self.spool.wid and holder_is_dead(self.spool, wid, fs_now, lease):
                 self.spool.drop_heartbeat_leftover(name)
 
-    def tmp(self, now):
+    def tmp(self, now, fs_now):
         lease = self.settings["lease-seconds"]
         for name, owner, purpose, mtime in self.spool.tmp_files():
             if owner is not None:
-                if owner == self.spool.wid or not holder_is_dead(self.spool, owner, now, lease, mtime):
+                if owner == self.spool.wid or not holder_is_dead(self.spool, owner, fs_now, lease, mtime):
                     continue
                 if purpose == "enqueue" and self._roll_forward(name):
                     continue
                 if purpose == "fence" and not self._finish_commit(name, now):
                     continue
                 self.spool.drop_tmp(name)  # a half-done rewrite (the job's claim still holds it), or an old copy
-            elif now - mtime > TMP_GRACE:
+            elif fs_now - mtime > TMP_GRACE:
                 kept = self.spool.reject_tmp(name, "left in tmp/ for over an hour: its writer never renamed it into pending/", now)
                 self.log(f"moved abandoned tmp/{name} to rejected/{kept}")
 

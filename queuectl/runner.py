@@ -235,9 +235,10 @@ def drain_wakeup(fd):
             raise
 
 
-def run(spec, now):
-    """Run one attempt (a Spec) to its end; returns its Attempt."""
-    attempt = Attempt(now)
+def run(spec):
+    """Run one attempt (a Spec) to its end; returns its Attempt. Its times are wall-clock (they go
+    into the job's history); its timeout is measured on the monotonic clock, which no clock step moves."""
+    attempt = Attempt(time.time())
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         attempt.error = f"could not start: cwd {spec.cwd!r} does not exist or is not a folder"
         attempt.finished = time.time()
@@ -255,13 +256,13 @@ def run(spec, now):
     waiter = Waiter(pid, spec.wakeup_fd, pump)
     if spec.after_spawn is not None:
         spec.after_spawn()
-    deadline = now + spec.timeout if spec.timeout else None
+    deadline = time.monotonic() + spec.timeout if spec.timeout else None
     status = None
     try:
         while status is None:
             wait_for = spec.tick if spec.tick else 3600.0
             if deadline is not None:
-                wait_for = min(wait_for, deadline - time.time())
+                wait_for = min(wait_for, deadline - time.monotonic())
             status = waiter.wait(wait_for)
             if status is not None:
                 break
@@ -271,7 +272,7 @@ def run(spec, now):
                 attempt.interrupted = True
                 attempt.error = "interrupted: the worker was told to stop now"
                 break
-            if deadline is not None and time.time() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 status = _stop_group(waiter, pid)
                 attempt.error = f"timed out after {spec.timeout:g} s; the job's process group was killed"
                 break

@@ -512,6 +512,17 @@ class Spool:
     def remove_heartbeat(self, wid):
         fsio.unlink_quiet(self._path("workers", L.heartbeat_name(wid)))
 
+    def fs_now(self, fallback):
+        """The spool's file-system clock now: the mtime of this process's heartbeat, touched. Ages
+        of heartbeats, claims and tmp/ files (mtimes and ctimes set by that clock, perhaps on
+        another host's behalf) are judged against it, never against this host's clock."""
+        path = self._path("workers", L.heartbeat_name(self.wid))
+        try:
+            os.utime(path, None)
+            return os.stat(path).st_mtime
+        except OSError:
+            return fallback  # no heartbeat of ours (a CLI command): this host's clock it is
+
     def heartbeat_mtime(self, wid):
         try:
             return os.stat(self._path("workers", L.heartbeat_name(wid))).st_mtime

@@ -77,22 +77,24 @@ class Worker:
         self.setup()
         try:
             while not self.stop_requests:
-                now = time.time()
-                self.refresh_settings(now)
-                self.heartbeat(now)
-                self.recover(now)
-                self.intake_events(now)
-                claimed = self.claim(now) if now >= self.faults.hold_until else None
+                # NOW (the wall clock) says which jobs are due; MONO (monotonic) runs every
+                # timer of the worker's own, so that a clock step neither fires nor stalls them
+                now, mono = time.time(), time.monotonic()
+                self.refresh_settings(mono)
+                self.heartbeat(mono)
+                self.recover(mono)
+                self.intake_events(now, mono)
+                claimed = self.claim(now) if mono >= self.faults.hold_until else None
                 if claimed:
                     self.run_and_finish(*claimed)
-                    self.start_watching(now)
+                    self.start_watching(mono)
                     continue
                 self.settle()
-                if self.start_watching(now, idle=True):
+                if self.start_watching(mono, idle=True):
                     continue  # look again at pending/ now that events will wake us
                 if self.burst and self.idle_for_good(now):
                     break
-                self.wait(now)
+                self.wait(now, mono)
         finally:
             self.teardown()
         return 0
@@ -109,12 +111,12 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self._watch_at = time.time() + WATCH_DELAY
+        self._watch_at = time.monotonic() + WATCH_DELAY
         self._pending_ino = self.spool.stat("pending", ".").st_ino
         self.started_at = iso(time.time())
         runner.seal_inherited_fds()
         self.base_env = dict(os.environ)
-        self.heartbeat(time.time())
+        self.heartbeat(time.monotonic())
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"r")
             os.close(self.ready_fd)
@@ -123,19 +125,19 @@ class Worker:
     def _on_signal(self, signum, frame):
         self.stop_requests += 1
 
-    def heartbeat(self, now, force=False):
-        if now < self._next_heartbeat and not force:
+    def heartbeat(self, mono, force=False):
+        if mono < self._next_heartbeat and not force:
             return
-        self._next_heartbeat = now + self.settings["heartbeat-seconds"]
-        data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": self.started_at, "heartbeat_at": iso(now)}
+        self._next_heartbeat = mono + self.settings["heartbeat-seconds"]
+        data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": self.started_at, "heartbeat_at": iso(time.time())}
         self.guard("write heartbeat", self.spool.write_heartbeat, self.wid, json.dumps(data).encode())
 
-    def recover(self, now):
-        if now < self._next_recovery:
+    def recover(self, mono):
+        if mono < self._next_recovery:
             return
-        self._next_recovery = now + self.settings["heartbeat-seconds"]
+        self._next_recovery = mono + self.settings["heartbeat-seconds"]
         if self.check_spool():
-            self.guard("recover", self.recovery.run, now)
+            self.guard("recover", self.recovery.run, time.time())
 
     def check_spool(self):
         """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
@@ -152,15 +154,15 @@ class Worker:
                 if self.watcher is not None:
                     self.watcher.stop()
                     self.watcher = None
-                self.start_watching(time.time(), idle=True)
+                self.start_watching(time.monotonic(), idle=True)
             self._pending_ino = ino
         return True
 
-    def start_watching(self, now, idle=False):
+    def start_watching(self, mono, idle=False):
         """Start watching pending/ (watchdog) WATCH_DELAY seconds after the start, or at the first
         idle moment if sooner, then rescan once: files that came meanwhile are not missed, and a
         worker starts its first jobs without waiting for watchdog. True if it started now."""
-        if self.watcher is not None or (now < self._watch_at and not idle):
+        if self.watcher is not None or (mono < self._watch_at and not idle):
             return False
         self.watcher = PendingWatcher(self.spool.folder_path("pending"))
         self.watcher.start()
@@ -168,9 +170,9 @@ class Worker:
         self._next_scan = 0.0
         return True
 
-    def intake_events(self, now):
-        if now >= self._next_scan or now >= self.intake.recheck_at:
-            self._next_scan = now + RESCAN_SECONDS
+    def intake_events(self, now, mono):
+        if mono >= self._next_scan or now >= self.intake.recheck_at:
+            self._next_scan = mono + RESCAN_SECONDS
             self.intake.recheck_at = float("inf")
             if self.watcher is not None:
                 self.watcher.drain()
@@ -237,7 +239,7 @@ class Worker:
             after_spawn=self.settle_if_due,
         )
         try:
-            attempt = runner.run(spec, time.time())
+            attempt = runner.run(spec)
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
             self.guard("release a job", self.spool.put_back, claim)
@@ -253,14 +255,14 @@ class Worker:
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
 
     def _tick(self):
-        now = time.time()
-        self.refresh_settings(now)
-        self.heartbeat(now)
+        mono = time.monotonic()
+        self.refresh_settings(mono)
+        self.heartbeat(mono)
 
-    def refresh_settings(self, now):
+    def refresh_settings(self, mono):
         """Re-read config.json if it changed; a stat at most every SETTINGS_CHECK seconds."""
-        if now >= self._next_settings_check:
-            self._next_settings_check = now + SETTINGS_CHECK
+        if mono >= self._next_settings_check:
+            self._next_settings_check = mono + SETTINGS_CHECK
             self.settings.refresh()
 
     def settle_if_due(self):
@@ -298,16 +300,17 @@ class Worker:
             return False
         return not any(c.op == "run" for c in self.spool.claims())
 
-    def wait(self, now):
+    def wait(self, now, mono):
         """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""
-        hold = self.faults.hold_until
-        deadline = min(self._next_heartbeat, self._next_recovery, self._next_scan, self.intake.recheck_at)
+        hold = self.faults.hold_until - mono  # seconds until claims may resume
+        timeout = min(self._next_heartbeat, self._next_recovery, self._next_scan) - mono
+        timeout = min(timeout, self.intake.recheck_at - now)
         nxt = self.index.next_due()
         if nxt is not None:
-            deadline = min(deadline, max(nxt, hold))
-        elif now < hold and self.index.has_due(now):
-            deadline = min(deadline, hold)
-        timeout = max(0.0, deadline - now)
+            timeout = min(timeout, max(nxt - now, hold))
+        elif hold > 0 and self.index.has_due(now):
+            timeout = min(timeout, hold)
+        timeout = max(0.0, timeout)
         if self.burst:
             timeout = min(timeout, 0.05)  # others' jobs finish in done/, which is not watched
         self.pause(timeout)
@@ -352,7 +355,7 @@ class Worker:
 
     def fault(self, action, error):
         self.faults.report(action, error)
-        self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile
+        self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile (both monotonic)
 
     def log(self, msg):
         try:

@@ -58,3 +58,30 @@ if RULES:
 
     for _name in _real:
         setattr(os, _name, _wrap(_name))
+
+
+# A clock step for tests: QUEUECTL_CLOCK_OFFSET names a file holding seconds (a float) added to
+# time.time() from the moment it is written; the monotonic clock is left alone, as a real step
+# of the system clock leaves it.
+CLOCK = os.environ.get("QUEUECTL_CLOCK_OFFSET")
+
+if CLOCK:
+    import time as _time
+
+    _real_time = _time.time
+    _clock = {"mtime": None, "offset": 0.0}
+
+    def _offset_time():
+        try:
+            mtime = os.stat(CLOCK).st_mtime_ns
+        except OSError:
+            return _real_time()
+        if mtime != _clock["mtime"]:
+            try:
+                with open(CLOCK) as f:
+                    _clock.update(mtime=mtime, offset=float(f.read().strip() or 0))
+            except (OSError, ValueError):
+                pass
+        return _real_time() + _clock["offset"]
+
+    _time.time = _offset_time
