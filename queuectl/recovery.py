@@ -13,6 +13,7 @@ from queuectl import policy
 from queuectl import spool as sp
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
+from queuectl.job import read_limit
 from queuectl.procs import hostname, is_alive_here, on_this_host, split_worker_id
 from queuectl.runner import CLAIM_ENV
 
@@ -94,7 +95,7 @@ class Recovery:
         if kind == "adopt":
             return self._recover_adoption(mine, key)
         try:
-            job = self.spool.read("processing", mine, self.settings["max-job-bytes"])
+            job = self.spool.read("processing", mine, read_limit(self.settings["max-job-bytes"]))
         except JobInvalid as e:
             name = self.spool.reject(mine, key + ".json", f"claimed job file is broken: {e}", now)
             self.log(f"recovered claim {cname!r} was broken; kept as rejected/{name}")
@@ -163,7 +164,7 @@ class Recovery:
 
     def _roll_forward(self, name):
         try:
-            job = self.spool.read("tmp", name, self.settings["max-job-bytes"])
+            job = self.spool.read("tmp", name, read_limit(self.settings["max-job-bytes"]))
         except (JobInvalid, OSError):
             return False
         if job.get("token") and self.spool.reservation(job["id"]) == job["token"]:

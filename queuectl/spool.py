@@ -446,7 +446,7 @@ class Spool:
 
     # -- reading job files --------------------------------------------------------------------
 
-    def read(self, folder, name, max_bytes=1 << 20, owners=None):
+    def read(self, folder, name, max_bytes=1 << 30, owners=None):
         """Parse and validate FOLDER/NAME. Raises JobInvalid, FileNotFoundError."""
         return jobdoc.validate(jobdoc.parse_bytes(read_regular(self.path(folder, name), max_bytes, owners)))
 

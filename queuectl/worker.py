@@ -26,6 +26,7 @@ from queuectl import spool as sp
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.intake import Intake
+from queuectl.job import read_limit
 from queuectl.procs import hostname
 from queuectl.recovery import Recovery
 from queuectl.settings import Watched
@@ -198,7 +199,7 @@ class Worker:
             if doc is not None:
                 return cname, name, doc
             try:
-                return cname, name, self.spool.read("processing", cname, self.settings["max-job-bytes"], self.intake.owners())
+                return cname, name, self.spool.read("processing", cname, read_limit(self.settings["max-job-bytes"]), self.intake.owners())
             except JobInvalid as e:
                 self.intake.reject(cname, name, str(e), now)
             except OSError as e:
