@@ -67,38 +67,34 @@ def enqueue(ctx, job):
       queuectl enqueue '{"id": "backup-1", "command": "tar czf /tmp/b.tgz ~/docs", "max_retries": 5}'
       printf '%s\\n' '{"command": "true"}' '{"command": "false"}' | queuectl enqueue -
     """
-    from queuectl import job as jobdoc
     from queuectl.settings import load
-    from queuectl.timeutil import now
 
     spool = _spool(ctx)
     cfg = load(spool.config_path)
     max_retries = cfg["max-retries"]
     if job != "-":
-        accepted = _check_size(jobdoc.accept(jobdoc.parse_text(job), now(), max_retries), cfg["max-job-bytes"])
+        accepted = _accept(job, max_retries, cfg["max-job-bytes"])
         result = spool.enqueue([accepted])[0]
         if isinstance(result, QueuectlError):
             raise result
         click.echo(result)
         return 0
-    return _enqueue_lines(spool, sys.stdin, max_retries, max_bytes=cfg["max-job-bytes"])
+    return _enqueue_lines(spool, sys.stdin, max_retries, cfg["max-job-bytes"])
 
 
-def _check_size(accepted, max_bytes):
-    """Refuse a job a worker would reject for its size: better an error now than a silent rejection."""
+def _accept(text, max_retries, max_bytes):
+    """TEXT -> (job, not_before), through the parser and validator every worker uses, and refused
+    if it is over max-job-bytes: better an error now than a silent rejection."""
     from queuectl import job as jobdoc
-    from queuectl.errors import JobInvalid
+    from queuectl.timeutil import now
 
-    size = len(jobdoc.dumps(accepted[0]))
-    if max_bytes is not None and size > max_bytes:
-        raise JobInvalid(f"the job is {size} bytes, over the max-job-bytes limit of {max_bytes}")
+    accepted = jobdoc.accept(jobdoc.parse_text(text), now(), max_retries)
+    jobdoc.check_size(accepted[0], max_bytes, len(text.encode("utf-8", "surrogatepass")))
     return accepted
 
 
-def _enqueue_lines(spool, stream, max_retries, batch_size=1000, max_bytes=None):
-    from queuectl import job as jobdoc
+def _enqueue_lines(spool, stream, max_retries, max_bytes, batch_size=1000):
     from queuectl.errors import JobInvalid
-    from queuectl.timeutil import now
 
     status = 0
     batch = []
@@ -122,7 +118,7 @@ def _enqueue_lines(spool, stream, max_retries, batch_size=1000, max_bytes=None):
         if not line.strip():
             continue
         try:
-            batch.append((lineno, _check_size(jobdoc.accept(jobdoc.parse_text(line), now(), max_retries), max_bytes)))
+            batch.append((lineno, _accept(line.rstrip("\r\n"), max_retries, max_bytes)))
         except JobInvalid as e:
             click.echo(f"queuectl: line {lineno}: {e}", err=True)
             status = 2

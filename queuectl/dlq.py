@@ -3,7 +3,7 @@
 from queuectl import layout as L
 from queuectl import policy
 from queuectl.errors import JobInvalid, NotFound
-from queuectl.job import valid_id
+from queuectl.layout import valid_id
 from queuectl.timeutil import now as clock
 
 

@@ -82,7 +82,7 @@ class Intake:
         nb, job_id = L.parse_pending(name)
         if nb is not None:
             try:
-                doc = self.spool.read("pending", name, self.settings["max-job-bytes"], self.owners())
+                doc = self.spool.read("pending", name, jobdoc.read_limit(self.settings["max-job-bytes"]), self.owners())
             except FileNotFoundError:
                 return  # RACE: another worker claimed it meanwhile; it is theirs
             except (JobInvalid, OSError):
@@ -141,12 +141,16 @@ class Intake:
         job_id, token = adoption_identity(name, doc, st)
         if not jobdoc.valid_id(job_id):
             return self.reject(claim, f"bad id {job_id!r}", now)
-        if not self.spool.reserve_id(job_id, token) and self.spool.reservation(job_id) != token:
-            return self.reject(claim, f"duplicate id {job_id!r}: a job with that id already exists", now)
         doc.pop("token", None)
         job, nb = jobdoc.accept(doc, now, self.settings["max-retries"], job_id=job_id, token=token)
         if not doc.get("id") and L.dropin_id(name) is None:
             job["original_name"] = name
+        try:  # before the id is reserved: a refused job never uses one up
+            jobdoc.check_size(job, self.settings["max-job-bytes"], st.st_size)
+        except JobInvalid as e:
+            return self.reject(claim, str(e), now)
+        if not self.spool.reserve_id(job_id, token) and self.spool.reservation(job_id) != token:
+            return self.reject(claim, f"duplicate id {job_id!r}: a job with that id already exists", now)
         if not doc.get("run_at"):
             name_nb = L.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now

@@ -8,8 +8,15 @@ spool.py carries them out. Adding a state or a transition is a row here plus its
 import re
 from collections import namedtuple
 
-from queuectl.job import ID_PATTERN, valid_id
 from queuectl.timeutil import parse_stamp, stamp
+
+ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+_ID_RE = re.compile(ID_PATTERN + r"\Z")
+
+
+def valid_id(value):
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
 
 FOLDERS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
 
@@ -29,6 +36,7 @@ BY_STATE = {s.name: s for s in STATES}
 STATE_NAMES = tuple(s.name for s in STATES)
 JOB_STATES = tuple(s.name for s in STATES if s.name != "rejected")
 OUTCOMES = tuple(s.name for s in STATES if s.outcome)
+CONTENT_STATES = tuple(s.name for s in STATES if s.folder in ("pending", "done", "dead"))  # a job file's `state`
 JOB_FOLDERS = tuple(dict.fromkeys(BY_STATE[s].folder for s in JOB_STATES))  # where job files live
 FINAL_FOLDERS = ("done", "dead")  # named by id alone: a job there is found in one lookup
 

@@ -1,5 +1,10 @@
-"""What an ended attempt means for its job: completed, retry later, or dead. Pure functions."""
+"""What an ended attempt means for its job: completed, retry later, or dead. Pure functions.
 
+A job's record of its attempts is bounded (job.HISTORY_KEEP, job.RUNS_KEEP, job.ERROR_MAX), so
+that however many attempts and `dlq retry` rounds it has, its file stays within job.read_limit().
+"""
+
+from queuectl.job import ERROR_MAX, HISTORY_KEEP, RUNS_KEEP
 from queuectl.timeutil import iso
 
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a huge backoff-max must still give a writable not-before time
@@ -14,6 +19,36 @@ def backoff(attempts, base, maximum):
     return min(delay, float(maximum))
 
 
+def clip_error(error):
+    """An error as stored: at most ERROR_MAX characters (a cwd in a message can be any length)."""
+    if error is None or len(error) <= ERROR_MAX:
+        return error
+    return error[: ERROR_MAX - 3] + "..."
+
+
+def trim_history(entries):
+    """The first entry and the latest ones, HISTORY_KEEP in all: the first failure and the recent
+    ones are what explain a job; each entry's `attempt` shows where some were left out."""
+    if len(entries) <= HISTORY_KEEP:
+        return entries
+    return entries[:1] + entries[len(entries) - (HISTORY_KEEP - 1) :]
+
+
+def trim_runs(runs):
+    """The first previous run, the latest ones, and between them one entry merging the rest: its
+    `attempts` is their sum and `runs` their number, so attempt numbers (log names) stay unique."""
+    if len(runs) <= RUNS_KEEP:
+        return runs
+    middle = runs[1 : len(runs) - (RUNS_KEEP - 2)]
+    merged = {
+        "retried_at": middle[-1].get("retried_at"),
+        "attempts": sum(r.get("attempts") or 0 for r in middle),
+        "runs": sum(r.get("runs") or 1 for r in middle),
+        "history": [],
+    }
+    return runs[:1] + [merged] + runs[len(runs) - (RUNS_KEEP - 2) :]
+
+
 def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum):
     """JOB after one more ended attempt, and its not-before time if it goes back to pending.
 
@@ -26,19 +61,23 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
     job["exit_code"] = exit_code
     if error is None and exit_code not in (0, None):
         error = f"exited with status {exit_code}"
+    error = clip_error(error)
     job["last_error"] = error
     job["updated_at"] = iso(finished)
-    job["history"] = list(job.get("history") or []) + [
-        {
-            "attempt": attempts,
-            "started_at": iso(started),
-            "finished_at": iso(finished),
-            "exit_code": exit_code,
-            "error": error,
-            "worker": worker,
-            "log": log,
-        }
-    ]
+    job["history"] = trim_history(
+        list(job.get("history") or [])
+        + [
+            {
+                "attempt": attempts,
+                "started_at": iso(started),
+                "finished_at": iso(finished),
+                "exit_code": exit_code,
+                "error": error,
+                "worker": worker,
+                "log": log,
+            }
+        ]
+    )
     if exit_code == 0 and error is None:
         job["state"] = "completed"
         return job, None
@@ -69,14 +108,18 @@ def next_run(job, now, base, maximum):
 def revive(job, now):
     """A dead job made pending again (dlq retry): attempts 0, a fresh history section."""
     job = dict(job)
-    job["previous_runs"] = list(job.get("previous_runs") or []) + [
-        {"retried_at": iso(now), "attempts": job.get("attempts", 0), "history": job.get("history") or []}
-    ]
+    job["previous_runs"] = trim_runs(
+        list(job.get("previous_runs") or [])
+        + [{"retried_at": iso(now), "attempts": job.get("attempts", 0), "history": trim_history(job.get("history") or [])}]
+    )
     job.update(state="pending", attempts=0, history=[], exit_code=None, last_error=None, updated_at=iso(now))
     return job
 
 
 def attempt_seq(job):
-    """The number of the next attempt over the job's whole life (names its log file)."""
-    earlier = sum(len(r.get("history") or []) for r in job.get("previous_runs") or [])
-    return earlier + len(job.get("history") or []) + 1
+    """The number of the next attempt over the job's whole life (names its log file).
+
+    Counted from `attempts`, not from the history entries, which are trimmed.
+    """
+    earlier = sum(r.get("attempts") or 0 for r in job.get("previous_runs") or [])
+    return earlier + (job.get("attempts") or 0) + 1

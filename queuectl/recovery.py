@@ -12,6 +12,7 @@ import time
 from queuectl import policy
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
+from queuectl.job import read_limit
 from queuectl.layout import BY_OP
 from queuectl.procs import hostname, is_alive_here, on_this_host, split_worker_id
 from queuectl.runner import CLAIM_ENV
@@ -105,7 +106,7 @@ class Recovery:
     def count_lost_attempt(self, claim, holder, claimed_at, now):
         """A worker died running an attempt: it counts as failed (`worker lost`)."""
         try:
-            job = self.spool.read_claim(claim, self.settings["max-job-bytes"])
+            job = self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]))
         except JobInvalid as e:
             name = self.spool.reject(claim, f"claimed job file is broken: {e}", now)
             self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")
@@ -175,7 +176,7 @@ class Recovery:
 
     def _roll_forward(self, name):
         try:
-            job = self.spool.read("tmp", name, self.settings["max-job-bytes"])
+            job = self.spool.read("tmp", name, read_limit(self.settings["max-job-bytes"]))
         except (JobInvalid, OSError):
             return False
         if job.get("token") and self.spool.reservation(job["id"]) == job["token"]:

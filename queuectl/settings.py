@@ -9,30 +9,34 @@ import os
 from collections import namedtuple
 
 from queuectl.errors import BadInput, SpoolError
+from queuectl.job import MAX_SECONDS
 
-Setting = namedtuple("Setting", "key kind default help")
+Setting = namedtuple("Setting", "key kind default low high help low_open", defaults=(False,))
 
-# kind: "int" (whole number >= 0), "seconds" (number >= 0), "positive" (number > 0), "base" (>= 1),
-# "users" (comma-separated user names or uids)
+# kind: "int" (a whole number), "number", "seconds" (a number of seconds), "users" (comma-separated
+# user names or uids; no range). Values run from LOW (excluded when low_open) to HIGH: every value
+# in range is safe for the worker's arithmetic and timers (heartbeat-seconds 1e10 overflowed them).
 TABLE = (
-    Setting("max-retries", "int", 3, "retries after the first attempt, for jobs that set no max_retries"),
-    Setting("backoff-base", "base", 2, "a failed job waits backoff-base ** attempts seconds before its retry"),
-    Setting("backoff-max", "seconds", 3600, "the longest wait between two attempts, in seconds"),
-    Setting("job-timeout", "seconds", 0, "seconds an attempt may run when the job sets no timeout; 0: no limit"),
-    Setting("lease-seconds", "positive", 30, "a worker whose heartbeat is older than this is lost; its job is recovered"),
-    Setting("heartbeat-seconds", "positive", 5, "how often a worker refreshes its heartbeat file"),
-    Setting("max-job-bytes", "int", 1048576, "a job file larger than this is rejected"),
-    Setting("max-log-bytes", "int", 10485760, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
-    Setting("trusted-users", "users", "", "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
+    Setting("max-retries", "int", 3, 0, 1_000_000, "retries after the first attempt, for jobs that set no max_retries"),
+    Setting("backoff-base", "number", 2, 1, 1000, "a failed job waits backoff-base ** attempts seconds before its retry"),
+    Setting("backoff-max", "seconds", 3600, 0, MAX_SECONDS, "the longest wait between two attempts, in seconds"),
+    Setting("job-timeout", "seconds", 0, 0, MAX_SECONDS, "seconds an attempt may run when the job sets no timeout; 0: no limit"),
+    Setting("lease-seconds", "seconds", 30, 0, 86400, "a worker whose heartbeat is older than this is lost; its job is recovered", True),
+    Setting("heartbeat-seconds", "seconds", 5, 0, 28800, "how often a worker refreshes its heartbeat file; at most a third of lease-seconds", True),
+    Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
+    Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
+    Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
 )
 BY_KEY = {s.key: s for s in TABLE}
-KIND_TEXT = {
-    "int": "a whole number >= 0",
-    "seconds": "a number of seconds >= 0",
-    "positive": "a number > 0",
-    "base": "a number >= 1",
-    "users": "comma-separated user names or uids",
-}
+_NOUN = {"int": "a whole number", "number": "a number", "seconds": "a number of seconds"}
+HEARTBEATS_PER_LEASE = 3  # a live worker misses two heartbeats before it looks lost
+
+
+def describe(s):
+    """What a value of setting S must be, as error messages and README's table say it."""
+    if s.kind == "users":
+        return "comma-separated user names or uids"
+    return f"{_NOUN[s.kind]} {'>' if s.low_open else '>='} {s.low} and <= {s.high}"
 
 
 def _setting(key):
@@ -43,7 +47,7 @@ def _setting(key):
 
 
 def parse_value(key, value):
-    """Text or JSON value -> the typed value for KEY. Raises BadInput naming the expected type."""
+    """Text or JSON value -> the typed value for KEY. Raises BadInput naming the type and range."""
     s = _setting(key)
     if s.kind == "users":
         return ",".join(str(u) for u in _users(key, value))
@@ -59,28 +63,24 @@ def parse_value(key, value):
         if "_" in text:  # Python's int()/float() read "1_0" as 10; a setting does not
             value = None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
-    if ok and value not in (float("inf"), float("-inf")):
-        if s.kind == "int":
-            ok = float(value).is_integer() and value >= 0
-            value = int(value) if ok else value
-        elif s.kind == "seconds":
-            ok = value >= 0
-        elif s.kind == "positive":
-            ok = value > 0
-        elif s.kind == "base":
-            ok = value >= 1
-    else:
-        ok = False
+    if ok:
+        ok = (value > s.low if s.low_open else value >= s.low) and value <= s.high
+    if ok and s.kind == "int":
+        ok = float(value).is_integer()
     if not ok:
-        raise BadInput(f"{key} must be {KIND_TEXT[s.kind]}")
+        raise BadInput(f"{key} must be {describe(s)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value
 
 
+def _too_slow(heartbeat, lease):
+    return heartbeat * HEARTBEATS_PER_LEASE > lease * (1 + 1e-9)  # tolerance: 0.2 * 3 is 0.6000000000000001
+
+
 def _users(key, value):
     if not isinstance(value, str):
-        raise BadInput(f"{key} must be {KIND_TEXT['users']}")
+        raise BadInput(f"{key} must be {describe(BY_KEY[key])}")
     import pwd
 
     out = []
@@ -127,7 +127,9 @@ def read_file(path):
 
 
 def effective(raw):
-    """Defaults overlaid with the valid values of RAW (an invalid stored value keeps the default)."""
+    """Defaults overlaid with the valid values of RAW (an invalid or out-of-range stored value keeps
+    the default). A heartbeat too slow for the lease (config.json edited by hand) is read as a
+    third of the lease: workers must never look lost while alive."""
     values = {s.key: s.default for s in TABLE}
     for key, value in raw.items():
         if key in BY_KEY:
@@ -135,6 +137,8 @@ def effective(raw):
                 values[key] = parse_value(key, value)
             except BadInput:
                 pass
+    if _too_slow(values["heartbeat-seconds"], values["lease-seconds"]):
+        values["heartbeat-seconds"] = values["lease-seconds"] / HEARTBEATS_PER_LEASE
     return values
 
 
@@ -156,10 +160,36 @@ def set_value(path, key, text):
 
     with FileLock(path + ".lock", timeout=10):
         raw = read_file(path)
+        _check_pair(key, value, effective(raw))
         raw[key] = value
         shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
         write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600)
     return value
+
+
+def _check_pair(key, value, current):
+    """Refuse a heartbeat-seconds / lease-seconds pair that would make live workers look lost."""
+    if key == "heartbeat-seconds" and _too_slow(value, current["lease-seconds"]):
+        lease = current["lease-seconds"]
+        raise BadInput(
+            f"heartbeat-seconds {value:g} is too slow for lease-seconds {lease:g}: a heartbeat must be at most a "
+            f"third of the lease; set heartbeat-seconds to {_advice(lease / HEARTBEATS_PER_LEASE, lambda h: not _too_slow(h, lease))} or less, or raise lease-seconds first"
+        )
+    if key == "lease-seconds" and _too_slow(current["heartbeat-seconds"], value):
+        hb = current["heartbeat-seconds"]
+        raise BadInput(
+            f"lease-seconds {value:g} is too short for heartbeat-seconds {hb:g}: a lease must last at least three "
+            f"heartbeats; set lease-seconds to {_advice(hb * HEARTBEATS_PER_LEASE, lambda v: not _too_slow(hb, v))} or more, or lower heartbeat-seconds first"
+        )
+
+
+def _advice(x, fits):
+    """X shown with at most 6 decimals, nudged by one in the last place if needed so that the
+    advice given with it holds (FITS(value) is True)."""
+    for v in (round(x, 6), round(x - 1e-6, 6), round(x + 1e-6, 6)):
+        if fits(v):
+            return str(int(v)) if float(v).is_integer() else f"{v:.6f}".rstrip("0")
+    return repr(x)
 
 
 class Watched:
@@ -193,5 +223,5 @@ def markdown_table():
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for s in TABLE:
         default = s.default if s.default != "" else '""'
-        rows.append(f"| `{s.key}` | {KIND_TEXT[s.kind]} | {default} | {s.help} |")
+        rows.append(f"| `{s.key}` | {describe(s)} | {default} | {s.help} |")
     return "\n".join(rows)

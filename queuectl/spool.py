@@ -217,11 +217,11 @@ class Spool:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def read(self, folder, name, max_bytes=1 << 20, owners=None):
+    def read(self, folder, name, max_bytes=1 << 30, owners=None):
         """Parse and validate FOLDER/NAME. Raises JobInvalid, FileNotFoundError."""
         return jobdoc.validate(jobdoc.parse_bytes(fsio.read_regular(self._path(folder, name), max_bytes, owners)))
 
-    def read_claim(self, claim, max_bytes=1 << 20, owners=None):
+    def read_claim(self, claim, max_bytes=1 << 30, owners=None):
         return self.read("processing", claim.name, max_bytes, owners)
 
     def listdir(self, folder):

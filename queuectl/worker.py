@@ -25,6 +25,7 @@ from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.faults import Faults
 from queuectl.intake import Intake
+from queuectl.job import read_limit
 from queuectl.procs import hostname
 from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
@@ -211,7 +212,7 @@ class Worker:
             if doc is not None:
                 return claim, doc
             try:
-                return claim, self.spool.read_claim(claim, self.settings["max-job-bytes"], self.intake.owners())
+                return claim, self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]), self.intake.owners())
             except JobInvalid as e:
                 self.intake.reject(claim, str(e), now)
             except OSError as e:

@@ -10,7 +10,7 @@ import pytest
 
 from queuectl import fsio
 from queuectl import layout as spool
-from queuectl.job import ID_PATTERN
+from queuectl.layout import ID_PATTERN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "queuectl")

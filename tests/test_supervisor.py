@@ -30,9 +30,9 @@ def test_a_writer_file_abandoned_in_tmp_goes_to_rejected_after_an_hour(spool):
     logged = []
     rec = Recovery(s, Watched(s.config_path), logged.append)
     now = time.time()
-    rec.tmp(now)
+    rec.tmp(now, now)
     assert spool.ls("tmp") == ["half.json"]  # a writer may still be at work
-    rec.tmp(now + TMP_GRACE + 1)
+    rec.tmp(now + TMP_GRACE + 1, now + TMP_GRACE + 1)
     assert spool.ls("tmp") == [] and spool.ls("rejected") == ["half.json", "half.json.reason"]
     assert "never renamed it into pending/" in open(spool.path("rejected", "half.json.reason")).read()
     assert open(spool.path("rejected", "half.json")).read() == '{"command": "ec'

@@ -227,7 +227,8 @@ def test_kill_9_of_the_holding_worker_loses_no_job(spool, tmp_path):
 def test_lost_claims_are_found_by_process_start_time_and_by_lease(spool, tmp_path):
     """Same host: a claim whose pid is alive but started at another time (PID reuse) is lost.
     Any host: a claim is lost once its worker's heartbeat is older than lease-seconds."""
-    for key, value in (("lease-seconds", "1"), ("heartbeat-seconds", "0.2"), ("backoff-base", "1")):
+    # the heartbeat first: config set refuses one slower than a third of the lease (issue 8)
+    for key, value in (("heartbeat-seconds", "0.2"), ("lease-seconds", "1"), ("backoff-base", "1")):
         spool.run("config", "set", key, value, check=0)
     runs = tmp_path / "runs.txt"
     cmd = f'echo "$QUEUECTL_JOB_ID $QUEUECTL_ATTEMPT" >> {q(str(runs))}'
