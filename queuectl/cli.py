@@ -161,7 +161,8 @@ def worker_start(ctx, count, burst, detach):
 @worker.command("stop")
 @click.pass_context
 def worker_stop(ctx):
-    """Let every worker of this spool on this host finish its job and exit; wait for them.
+    """Let every worker of this spool on this machine (its PID namespace: this container) finish
+    its job and exit, whatever the host name is now; name them and wait for them.
 
     \b
     Example:

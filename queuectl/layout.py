@@ -70,7 +70,10 @@ _BY_SUFFIX = {o.suffix: o for o in OPS}
 
 # -- names --------------------------------------------------------------------------------------
 
-WORKER_PATTERN = r"[A-Za-z0-9.-]+\.\d+\.\d+"
+# A worker id: host.pid.start.nNS (spool_layout.md, "Worker ids and liveness"). An old id,
+# host.pid.start, still parses (ns None): its last field is all digits, a new id's starts with n.
+WORKER_PATTERN = r"[A-Za-z0-9.-]+\.\d+\.\d+(?:\.n[0-9a-f]{8})?"
+WORKER_RE = re.compile(r"([A-Za-z0-9.-]+)\.(\d+)\.(\d+)(?:\.n([0-9a-f]{8}))?\Z")
 _TIME = r"(\d{8}T\d{6}(?:\.\d{1,6})?Z)"
 PENDING_RE = re.compile(_TIME + r"_(" + ID_PATTERN + r")\.json\Z")
 CLAIM_RE = re.compile(r"(.+)@(" + WORKER_PATTERN + r")\.(" + "|".join(o.suffix for o in OPS) + r")\Z", re.S)
@@ -82,6 +85,8 @@ TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-([0-9a-f]+)\.(enqueue|write|f
 REASON_SUFFIX = ".reason"
 
 Claim = namedtuple("Claim", "name op origin job_id holder")
+Worker = namedtuple("Worker", "host pid start ns")
+# ns: the PID namespace's 8 hex digits, or None for an old id (namespace unknown)
 # origin: the claimed file's name in its op's source folder; job_id: None for an adoption
 
 
@@ -131,6 +136,16 @@ def parse_claim(name):
     if job_id is None:
         return None
     return Claim(name, op.name, origin, job_id, holder)
+
+
+def worker_name(host, pid, start, ns):
+    return f"{host}.{pid}.{start}.n{ns}"
+
+
+def parse_worker(wid):
+    """A worker id -> Worker, or None."""
+    m = WORKER_RE.match(wid)
+    return Worker(m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)) if m else None
 
 
 def log_name(job_id, seq):

@@ -13,7 +13,9 @@ import time
 
 from queuectl.errors import QueuectlError
 from queuectl.layout import OUTCOMES
-from queuectl.procs import is_alive_here, on_this_host, split_worker_id
+from queuectl.procs import here, split_worker_id
+from queuectl.recovery import holder_is_dead
+from queuectl.settings import Watched
 
 # A crash loop: workers dying by themselves (an exit status, a signal other than SIGKILL) within
 # QUICK_DEATH seconds of their start, CRASH_LOOP times within CRASH_WINDOW seconds. Then the
@@ -188,34 +190,63 @@ def _redirect_output(path):
     os.close(null)
 
 
-def local_workers(spool):
-    """[(worker id, pid)] of the live workers of this spool on this host."""
-    out = []
-    for wid in spool.worker_ids():
-        if not on_this_host(wid):
-            continue
-        _, pid, start = split_worker_id(wid)
-        if is_alive_here(pid, start):
-            out.append((wid, pid))
-    return out
+def local_workers(spool, now=None):
+    """[(worker id, pid, uid)] of the live workers of this spool in this PID namespace (this
+    machine or container), whatever host name they started under. A worker whose pid cannot be
+    checked (another user's, hidden by /proc) counts while its heartbeat is within the lease."""
+    now = time.time() if now is None else now
+    lease = Watched(spool.config_path)["lease-seconds"]
+    live = [wid for wid in spool.worker_ids() if _live(spool, wid, now, lease)]
+    return [(wid, split_worker_id(wid).pid, spool.heartbeat_owner(wid)) for wid in live]
 
 
-def stop(spool, poll=0.05):
-    """Ask every worker of this spool on this host to finish its job and exit; wait until they have."""
+def _live(spool, wid, now, lease):
+    return here(wid) and not holder_is_dead(spool, wid, now, lease)
+
+
+def whose(workers):
+    """'2 worker(s) of user root (pids 12, 13)' for [(worker id, pid, uid)], one part per user."""
+    import pwd
+
+    pids = {}
+    for _, pid, uid in workers:
+        try:
+            user = pwd.getpwuid(uid).pw_name if uid is not None else "unknown"
+        except KeyError:
+            user = f"uid {uid}"
+        pids.setdefault(user, []).append(pid)
+    return " and ".join(
+        f"{len(p)} worker(s) of user {user} (pid{'s' if len(p) > 1 else ''} {', '.join(map(str, sorted(p)))})" for user, p in pids.items()
+    )
+
+
+def stop(spool, poll=0.05, say=None):
+    """Ask every worker of this spool in this PID namespace to finish its job and exit, whatever
+    the host name is now; say whose they are; wait until they have exited. Returns how many.
+    Raises QueuectlError if some may not be signalled (another user's)."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
     workers = local_workers(spool)
     if not workers:
+        elsewhere = sum(1 for wid in spool.worker_ids() if not here(wid))
+        if elsewhere:
+            say(f"queuectl: {elsewhere} worker(s) registered from other PID namespaces (other hosts or containers) or by an older queuectl: stop them there")
         return 0
-    for _, pid in workers:
+    say(f"queuectl: stopping {whose(workers)}")
+    denied = []
+    for worker in workers:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(worker[1], signal.SIGTERM)
         except ProcessLookupError:
             pass  # RACE: it exited meanwhile; the wait below sees it gone
-    remaining = dict(workers)
+        except PermissionError:
+            denied.append(worker)
+    remaining = {wid for wid, _, _ in workers} - {wid for wid, _, _ in denied}
+    lease = Watched(spool.config_path)["lease-seconds"]
     while remaining:
-        for wid in list(remaining):
-            _, pid, start = split_worker_id(wid)
-            if not is_alive_here(pid, start):
-                del remaining[wid]
+        remaining = {wid for wid in remaining if _live(spool, wid, time.time(), lease)}
         if remaining:
             time.sleep(poll)
+    if denied:
+        stopped = len(workers) - len(denied)
+        raise QueuectlError(f"{stopped} worker(s) stopped; not permitted to stop {whose(denied)}: run `worker stop` as that user or as root")
     return len(workers)

@@ -1,77 +1,121 @@
 """Process identity: who is this process, and is the process behind a worker id still alive?
 
-A worker id is host.pid.start. The start time (clock ticks since boot on Linux) tells a live
-process from a newer one that reuses the PID.
+A worker id is host.pid.start.nNS (spool_layout.md, "Worker ids and liveness"). A pid means
+something only in its PID namespace, so NS names it: a digest of the boot id and of the PID
+namespace. The start time (clock ticks since boot) tells a live process from a newer one that
+reuses the PID. The host name is there for people: no decision reads it.
+
+liveness() answers True (alive), False (dead) or None (cannot be told from here); the caller then
+judges by the lease (recovery.holder_is_dead). A guess is never "dead".
 """
 
+import functools
+import hashlib
 import os
 import re
 
+from queuectl.layout import parse_worker, worker_name
+
 _HOST_BAD = re.compile(r"[^A-Za-z0-9.-]")
+_PID_MAX = 1 << 22  # PID_MAX_LIMIT: no pid is larger
 
 
 def hostname():
     return _HOST_BAD.sub("-", os.uname().nodename) or "localhost"
 
 
-_HAVE_PROC = os.path.exists("/proc/self/stat")
+@functools.lru_cache(maxsize=None)
+def namespace():
+    """This process's PID namespace: 8 hex digits, the same for two processes exactly when their
+    pids can be compared (same boot of the same kernel, same PID namespace). Computed once: a
+    process never changes PID namespace. Without /proc, a digest of the host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+        st = os.stat("/proc/self/ns/pid")
+        key = b"%s:%d:%d" % (boot, st.st_dev, st.st_ino)
+    except OSError:
+        key = b"host:" + os.uname().nodename.encode()
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+@functools.lru_cache(maxsize=None)
+def _proc_is_ours():
+    """Does /proc show this PID namespace? (Not when it was mounted for another one, say after
+    `unshare --pid --fork` without --mount-proc: its numbers are then other processes.)"""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False
+
+
+def _stat(pid):
+    """(state, start ticks) from /proc/PID/stat. Raises OSError when it cannot be read or is hidden."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    fields = data[data.rindex(b")") + 2 :].split()
+    return fields[0], int(fields[19])
 
 
 def start_time(pid):
-    """The process start time in clock ticks since boot, or None if there is no such process.
-
-    Without /proc (not Linux): 0 for any live process (PID reuse cannot be told apart there)."""
-    if not _HAVE_PROC:
-        return _start_time_fallback(pid)
+    """The start time of this process (or of PID, in this namespace) in clock ticks since boot;
+    0 when it cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return _start_time_fallback(pid)
-    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
-    fields = data[data.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):  # a zombie has stopped running: its job is lost
-        return None
-    return int(fields[19])
-
-
-def _start_time_fallback(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return 0  # alive, start time unknown: match any recorded start
+        return _stat(pid or os.getpid())[1] if _proc_is_ours() else 0
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def worker_id(pid=None):
     pid = pid or os.getpid()
-    if os.path.exists("/proc/self/stat"):
-        start = start_time(pid)
-    else:
-        start = 0
-    return f"{hostname()}.{pid}.{start}"
+    return worker_name(hostname(), pid, start_time(pid), namespace())
 
 
 def split_worker_id(wid):
-    """'host.pid.start' -> (host, pid, start); raises ValueError on anything else."""
-    host, pid, start = wid.rsplit(".", 2)
-    return host, int(pid), int(start)
+    """A worker id -> layout.Worker(host, pid, start, ns); raises ValueError on anything else."""
+    w = parse_worker(wid)
+    if w is None:
+        raise ValueError(f"not a worker id: {wid!r}")
+    return w
 
 
-def is_alive_here(pid, start):
-    """Is process PID, started at START, still running on this host?"""
-    now_start = start_time(pid)
-    if now_start is None:
+def here(wid):
+    """Is WID a process of this PID namespace (whatever the host name was or is)?"""
+    w = parse_worker(wid)
+    return w is not None and w.ns == namespace()
+
+
+def liveness(wid):
+    """Is the process behind WID alive? True, False, or None when this process cannot tell: it is
+    in another (or an unknown) PID namespace, or its pid is taken but /proc does not show by whom.
+    Raises ValueError for a name that is not a worker id."""
+    w = split_worker_id(wid)
+    if w.ns != namespace():
+        return None
+    return process_alive(w.pid, w.start)
+
+
+def process_alive(pid, start):
+    """Is PID, started at START (clock ticks; 0: unknown), running in this PID namespace?
+    True, False, or None when it cannot be told."""
+    if not 0 < pid <= _PID_MAX:
         return False
-    return start == 0 or now_start == 0 or now_start == start
-
-
-def on_this_host(wid):
+    if _proc_is_ours():
+        try:
+            state, ticks = _stat(pid)
+        except (OSError, ValueError, IndexError):
+            pass  # hidden (hidepid), unreadable or gone: ask the kernel below
+        else:
+            if state in (b"Z", b"X"):  # a zombie has stopped running: its job is lost
+                return False
+            if start and ticks != start:  # the pid now belongs to another process
+                return False
+            return True if start else None
     try:
-        return split_worker_id(wid)[0] == hostname()
-    except ValueError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    return None  # the pid is taken, by whom cannot be told

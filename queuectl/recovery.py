@@ -14,21 +14,23 @@ from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
 from queuectl.layout import BY_OP
-from queuectl.procs import hostname, is_alive_here, on_this_host, split_worker_id
+from queuectl.procs import liveness
 from queuectl.runner import CLAIM_ENV
 
 TMP_GRACE = 3600  # seconds before a writer's unfinished file in tmp/ is moved to rejected/
 
 
 def holder_is_dead(spool, holder, fs_now, lease, claimed_at=None):
-    """Is the process behind worker id HOLDER gone? (PID reuse is caught by the start time.)
-    Elsewhere: its heartbeat and CLAIMED_AT are older than LEASE on the spool's clock FS_NOW."""
+    """Is the process behind worker id HOLDER gone? In this PID namespace its pid tells (PID reuse
+    is caught by the start time); elsewhere, or when the pid cannot tell, the lease does: its
+    heartbeat (or, for a claim, the claim itself) older than LEASE seconds on the spool's clock
+    FS_NOW (Spool.fs_now)."""
     try:
-        host, pid, start = split_worker_id(holder)
+        alive = liveness(holder)
     except ValueError:
         return True
-    if host == hostname():
-        return not is_alive_here(pid, start)
+    if alive is not None:
+        return not alive
     seen = max(filter(None, (spool.heartbeat_mtime(holder), claimed_at)), default=None)
     return seen is None or fs_now - seen > lease
 
@@ -91,8 +93,8 @@ class Recovery:
                 self.recover(claim, claimed_at, now)
 
     def recover(self, claim, claimed_at, now):
-        if on_this_host(claim.holder):
-            kill_orphans(claim.name)
+        kill_orphans(claim.name)  # wherever its holder ran: the claim's name is unique
+        self._unreachable_orphans(claim.holder)
         mine = self.spool.take_over(claim)
         if mine is None:
             return
@@ -100,6 +102,13 @@ class Recovery:
             self.spool.drop(mine)  # its transition had committed: the claim is a stale copy
             return
         self.rules[BY_OP[mine.op].on_lost](mine, claim.holder, claimed_at, now)
+
+    def _unreachable_orphans(self, holder):
+        """Say so when the processes HOLDER left may be out of this worker's reach (another
+        user's, which /proc may hide and which it may not kill)."""
+        uid = self.spool.heartbeat_owner(holder)
+        if uid is not None and uid != os.geteuid() and os.geteuid() != 0:
+            self.log(f"lost worker {holder} ran as uid {uid}: processes of its job, if any are left, cannot be killed by uid {os.geteuid()}")
 
     # -- the rules ------------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class Spool:
 
     @property
     def wid(self):
-        """This process's worker id (host.pid.start); recomputed after a fork."""
+        """This process's worker id (host.pid.start.nNS); recomputed after a fork."""
         if self._wid is None or self._wid_pid != os.getpid():
             self._wid, self._wid_pid = worker_id(), os.getpid()
         return self._wid
@@ -526,6 +526,13 @@ class Spool:
     def heartbeat_mtime(self, wid):
         try:
             return os.stat(self._path("workers", L.heartbeat_name(wid))).st_mtime
+        except OSError:
+            return None
+
+    def heartbeat_owner(self, wid):
+        """The uid that wrote workers/WID.json (the worker's user), or None."""
+        try:
+            return os.stat(self._path("workers", L.heartbeat_name(wid))).st_uid
         except OSError:
             return None
 

@@ -71,10 +71,10 @@ def workers(spool):
     out = []
     for wid in sorted(spool.worker_ids()):
         try:
-            host, pid, _ = split_worker_id(wid)
+            w = split_worker_id(wid)
         except ValueError:
             continue
-        out.append({"id": wid, "pid": pid, "host": host, "job": held.get(wid)})
+        out.append({"id": wid, "pid": w.pid, "host": w.host, "job": held.get(wid)})
     return out
 
 

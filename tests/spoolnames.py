@@ -53,6 +53,19 @@ def parse_claim(name):
     return op, origin.group("id") if OPS[op][1] == "pending" else origin.group(1), m.group("worker")
 
 
+def namespace():
+    """This process's PID namespace as a worker id's NS field, by the recipe of spool_layout.md
+    ("Worker ids and liveness")."""
+    import hashlib
+
+    recipe = re.search(r"SHA-256 of `BOOT:DEV:INO`", LAYOUT)
+    assert recipe, "spool_layout.md no longer gives the recipe this follows"
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    st = os.stat("/proc/self/ns/pid")
+    return hashlib.sha256(f"{boot}:{st.st_dev}:{st.st_ino}".encode()).hexdigest()[:8]
+
+
 def reserved_token(root, job_id):
     """The token that ids/ID names (spool_layout.md, "Ids"): a hard link to the job file as it
     was enqueued, or a small file holding the token. None if the id is not reserved."""

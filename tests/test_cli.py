@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import QUEUECTL, Spool, wait_until
+from spoolnames import WORKER
 
 ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 PENDING_RE = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)_(.+)\.json\Z")
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
-WORKER_RE = re.compile(r"[A-Za-z0-9.-]+\.\d+\.\d+\Z")
+WORKER_RE = re.compile(WORKER + r"\Z")  # a worker id, as spool_layout.md gives it
 FOLDERS = ["dead", "done", "ids", "logs", "pending", "processing", "rejected", "tmp", "workers"]
 STATES = ["pending", "processing", "completed", "failed", "dead", "rejected"]
 

@@ -510,8 +510,8 @@ def test_crash_in_a_batch_enqueue_between_two_renames(tmp_path):
 def test_claim_whose_pid_now_belongs_to_another_process_is_recovered(tmp_path):
     ctx = Ctx(tmp_path)
     enqueue(ctx, {"id": "j1", "command": "true"})
-    host, pid, start = procs.split_worker_id(procs.worker_id(os.getpid()))
-    impostor = f"{host}.{pid}.{start + 1}"  # this process's pid, but another start time
+    me = procs.split_worker_id(procs.worker_id(os.getpid()))
+    impostor = layout.worker_name(me.host, me.pid, me.start + 1, me.ns)  # this process's pid, but another start time
     assert parse_claim(plant_claim(ctx, "j1", impostor)) == ("run", "j1", impostor)
 
     recover(ctx.root)  # run by this very process: the pid is alive, the holder is not
@@ -606,7 +606,7 @@ def test_worker_killed_mid_job_leaves_no_orphan_and_its_job_is_recovered(spool, 
         assert (rerun["attempt"], rerun["exit_code"]) == (2, 0) and rerun["worker"] != worker["id"]
         # the replacement worker killed the lost job's whole process group (kill_orphans)
         wait_until(lambda: not _group_members(job_pid), timeout=5, message=f"the orphaned job {group} still runs")
-        assert all(procs.start_time(p) is None for p in group)
+        assert all(procs.process_alive(p, 0) is False for p in group)
     finally:
         if _group_members(job_pid):  # do not leave the test's own job behind when it fails
             os.killpg(job_pid, signal.SIGKILL)

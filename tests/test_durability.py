@@ -16,7 +16,7 @@ import traceback
 import pytest
 
 from conftest import QUEUECTL
-from queuectl import dlq, policy
+from queuectl import dlq, layout, policy
 from queuectl import job as jobdoc
 from queuectl.settings import set_value
 from queuectl.spool import Spool
@@ -427,8 +427,8 @@ def test_recovery_putting_an_interrupted_dlq_retry_back_fsyncs_dead_before_remov
     )
     spool.finish(claim, job, nb)
     # a `dlq retry` by a process that died right after its claim (this pid, another start time)
-    host, pid, start = spool.wid.rsplit(".", 2)
-    lost = f"{host}.{pid}.{int(start) + 1}"
+    me = layout.parse_worker(spool.wid)
+    lost = layout.worker_name(me.host, me.pid, me.start + 1, me.ns)
     claim = spool.take("revive", "j1.json")
     assert parse_claim(claim.name) == ("revive", "j1", spool.wid)
     processing = os.path.join(spool.root, "processing")

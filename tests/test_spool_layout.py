@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from queuectl import fsio
+import spoolnames
+from queuectl import fsio, procs
 from queuectl import layout as spool
 from queuectl.layout import ID_PATTERN
 
@@ -115,6 +116,13 @@ SAMPLES = [
     "job-1@host.example.12.345.json",
     "20261128T120000Z_job-1@host.12.json",
     "some name.json@host.1.2.adopt",
+    "20261128T120000.123456Z_job-1@host.example.12.345.n0badcafe.json",
+    "20261128T120000.123456Z_job-1@host.example.12.345.n0BADCAFE.json",
+    "20261128T120000.123456Z_job-1@host.example.12.345.n0badcaf.json",
+    "some name.json@host.1.2.n0badcafe.adopt",
+    "job-1@h.1.2.n0badcafe.revive",
+    "h.1.2.n0badcafe.json",
+    "h.1.2.0badcafe.json",
     "job-1.3.log",
     "host.1.2.json",
     "x" * 128 + ".json",
@@ -130,6 +138,7 @@ def test_spool_layout_grammar_matches_the_code(name):
     assert bool(doc["logs/"].match(name)) == bool(spool.LOG_RE.match(name))
     doc_claim = doc["processing/"].match(name)
     assert bool(doc_claim) == bool(spool.CLAIM_RE.match(name))
+    assert bool(doc["workers/"].match(name)) == bool(spool.HEARTBEAT_RE.match(name))
 
 
 def test_names_queuectl_writes_follow_the_documented_grammar():
@@ -138,4 +147,13 @@ def test_names_queuectl_writes_follow_the_documented_grammar():
     for op, origin in (("run", spool.pending_name(1795000000.25, "job-1")), ("adopt", "my job"), ("revive", "job-1.json")):
         assert doc["processing/"].match(spool.claim_name(op, origin, "host.example.12.345"))
     assert doc["done/, dead/"].match(spool.final_name("job-1"))
+    assert doc["workers/"].match(spool.heartbeat_name(procs.worker_id()))
+    assert doc["processing/"].match(spool.claim_name("run", spool.pending_name(1795000000.25, "job-1"), procs.worker_id()))
     assert doc["logs/"].match(spool.log_name("job-1", 3))
+
+
+def test_the_documented_namespace_recipe_is_the_code_one():
+    """spool_layout.md says how NS is computed, so that a writer in another language can tell which
+    workers share its PID namespace: tests/spoolnames.py follows the document."""
+    assert spoolnames.namespace() == procs.namespace()
+    assert procs.worker_id().endswith(f".n{spoolnames.namespace()}")

@@ -23,11 +23,11 @@ HYP = hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCh
 
 ID_RE_FULL = r"\A[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z"
 ids = st.from_regex(ID_RE_FULL)
-worker_ids = st.builds(
-    lambda host, pid, start: f"{host}.{pid}.{start}",
-    st.from_regex(r"\A[A-Za-z0-9.-]{1,30}\Z"),
-    st.integers(1, 2**22),
-    st.integers(0, 2**40),
+hosts = st.from_regex(r"\A[A-Za-z0-9.-]{1,30}\Z")
+namespaces = st.from_regex(r"\A[0-9a-f]{8}\Z")
+worker_ids = st.one_of(
+    st.builds(sp.worker_name, hosts, st.integers(1, 2**22), st.integers(0, 2**40), namespaces),
+    st.builds(lambda host, pid, start: f"{host}.{pid}.{start}", hosts, st.integers(1, 2**22), st.integers(0, 2**40)),  # old ids
 )
 
 
@@ -157,12 +157,42 @@ def test_claim_names():
         assert sp.parse_claim(bad) is None, bad
 
 
+def test_claim_names_with_new_worker_ids():
+    wid = "host-1.example.1234.56789.n0badcafe"
+    pname = "20261128T120000.000000Z_a.b.json"
+    assert sp.claim_name("run", pname, wid) == "20261128T120000.000000Z_a.b@host-1.example.1234.56789.n0badcafe.json"
+    assert sp.parse_claim(sp.claim_name("run", pname, wid))[1:] == ("run", pname, "a.b", wid)
+    assert sp.parse_claim("x y@h.1.2.n0badcafe.adopt")[1:] == ("adopt", "x y", None, "h.1.2.n0badcafe")
+    assert sp.parse_claim("a.b@h.1.2.n0badcafe.revive")[1:] == ("revive", "a.b.json", "a.b", "h.1.2.n0badcafe")
+    for bad in ("x@h.1.2.n0badcaf.adopt", "x@h.1.2.n0BADCAFE.adopt", "x@h.1.2.0badcafe1.adopt", "x@h.1.2.n0badcafe0.adopt", "x@h.1.n0badcafe.adopt", "x@h.n0badcafe.1.2.x.adopt"):
+        assert sp.parse_claim(bad) is None, bad
+
+
+def test_worker_ids_parse_in_both_forms():
+    assert sp.parse_worker("host-1.example.1234.56789.n0badcafe") == ("host-1.example", 1234, 56789, "0badcafe")
+    assert sp.parse_worker("host-1.example.1234.56789") == ("host-1.example", 1234, 56789, None)  # old: namespace unknown
+    assert sp.parse_worker("h.12345678.1.2") == ("h.12345678", 1, 2, None)  # a hex-looking host label is the host's
+    assert sp.parse_heartbeat("h.1.2.n0badcafe.json") == ("h.1.2.n0badcafe", False)
+    assert sp.parse_heartbeat(".h.1.2.n0badcafe.0a1b2c.tmp") == ("h.1.2.n0badcafe", True)
+    assert sp.TMP_RE.match("qc-h.1.2.n0badcafe-0a1b2c3d4e5f.enqueue").group(1) == "h.1.2.n0badcafe"
+    for bad in ("h.1", "h.1.x", "h_x.1.2", "h.1.2.n0badcaf", "h.1.2.nbadcafe0x", ".1.2", "h.1.2.n0badcafe.n0badcafe"):
+        assert sp.parse_worker(bad) is None, bad
+
+
+@HYP
+@given(wid=worker_ids)
+def test_worker_id_round_trip(wid):
+    w = sp.parse_worker(wid)
+    assert w is not None
+    assert wid == (sp.worker_name(*w) if w.ns else f"{w.host}.{w.pid}.{w.start}")
+
+
 def test_real_worker_id_is_in_the_grammar():
-    from queuectl.procs import split_worker_id, worker_id
+    from queuectl.procs import namespace, split_worker_id, worker_id
 
     wid = worker_id()
-    assert re.fullmatch(r"[A-Za-z0-9.-]+\.\d+\.\d+", wid)
-    assert split_worker_id(wid)[1] == os.getpid()
+    assert re.fullmatch(r"[A-Za-z0-9.-]+\.\d+\.\d+\.n[0-9a-f]{8}", wid)
+    assert split_worker_id(wid)[1] == os.getpid() and split_worker_id(wid).ns == namespace()
     assert sp.parse_claim(sp.claim_name("run", sp.pending_name(1.5, "x"), wid))[2:] == (sp.pending_name(1.5, "x"), "x", wid)
 
 

@@ -44,7 +44,6 @@ def read_final(spool, folder, job_id):
 
 
 def test_enqueue_refuses_non_finite_numbers_anywhere_and_a_drop_in_is_rejected(spool, tmp_path):
-    before = snapshot(spool)
     for text in (
         '{"command": "true", "x": 1e400}',
         '{"command": "true", "meta": {"n": [1, -1e999]}}',
@@ -117,7 +116,6 @@ def test_a_job_just_under_max_job_bytes_fails_every_attempt_into_dead_never_reje
     limit = 1024
     spool.run("config", "set", "max-job-bytes", str(limit), check=0)
     spool.run("config", "set", "backoff-max", "0", check=0)
-    out = tmp_path / "out"
     cmd = "echo attempt $QUEUECTL_ATTEMPT; exit 3"
     text = padded(limit - 3, id="near-limit", command=cmd, max_retries=3)
     assert spool.run("enqueue", text, check=0).stdout == "near-limit\n"

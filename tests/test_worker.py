@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import QUEUECTL, wait_until
+from spoolnames import namespace
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DROPIN_SH = os.path.join(REPO, "examples", "dropin.sh")
@@ -188,8 +189,8 @@ def test_kill_9_of_the_holding_worker_loses_no_job(spool, tmp_path):
     jid = spool.enqueue({"id": "crash-me", "command": cmd, "max_retries": 2})
 
     holder = holder_of(spool, jid)
-    host, pid, start = holder["id"].rsplit(".", 2)
-    assert (int(pid), host) == (holder["pid"], holder["host"]) and int(start) == start_ticks(holder["pid"])
+    host, pid, start, ns = re.fullmatch(r"(.+)\.(\d+)\.(\d+)\.n([0-9a-f]{8})", holder["id"]).groups()  # host.pid.start.nNS
+    assert (int(pid), host) == (holder["pid"], holder["host"]) and int(start) == start_ticks(holder["pid"]) and ns == namespace()
     # the claim's name says who holds it (spool_layout.md: STAMP_ID@WORKER.json)
     (claim,) = spool.ls("processing")
     assert re.fullmatch(rf"\d{{8}}T\d{{6}}(?:\.\d{{1,6}})?Z_{jid}@{re.escape(holder['id'])}\.json", claim), claim
@@ -225,8 +226,9 @@ def test_kill_9_of_the_holding_worker_loses_no_job(spool, tmp_path):
 
 
 def test_lost_claims_are_found_by_process_start_time_and_by_lease(spool, tmp_path):
-    """Same host: a claim whose pid is alive but started at another time (PID reuse) is lost.
-    Any host: a claim is lost once its worker's heartbeat is older than lease-seconds."""
+    """Same PID namespace: a claim whose pid is alive but started at another time (PID reuse) is
+    lost. Another host (here an old id: namespace unknown): a claim is lost once its worker's
+    heartbeat is older than lease-seconds."""
     # the heartbeat first: config set refuses one slower than a third of the lease (issue 8)
     for key, value in (("heartbeat-seconds", "0.2"), ("lease-seconds", "1"), ("backoff-base", "1")):
         spool.run("config", "set", key, value, check=0)
@@ -242,7 +244,7 @@ def test_lost_claims_are_found_by_process_start_time_and_by_lease(spool, tmp_pat
         return cname
 
     host = re.sub(r"[^A-Za-z0-9.-]", "-", os.uname().nodename)
-    reused = f"{host}.{os.getpid()}.{start_ticks(os.getpid()) + 1}"  # this pid lives, but not since then
+    reused = f"{host}.{os.getpid()}.{start_ticks(os.getpid()) + 1}.n{namespace()}"  # this pid lives, but not since then
     claim(a, reused)
     other = "elsewhere.example.4242.1"
     cb = claim(b, other)
