@@ -69,6 +69,7 @@ class Recovery:
         self.spool = spool
         self.settings = settings
         self.log = log
+        self.returned = []  # names recovery put back in pending/: the worker reads them at once
         self.rules = {
             "count-lost-attempt": self.count_lost_attempt,
             "finish-or-put-back": self.finish_or_put_back,
@@ -87,6 +88,8 @@ class Recovery:
         lease = self.settings["lease-seconds"]
         for claim in self.spool.claims():
             if claim.holder == self.spool.wid:
+                if claim.op == "adopt":  # ours, and we are not adopting now: a fault stranded it
+                    self.finish_or_put_back(claim, claim.holder, None, now)
                 continue
             claimed_at = self.spool.claimed_at(claim)
             if claimed_at is not None and holder_is_dead(self.spool, claim.holder, fs_now, lease, claimed_at):
@@ -136,7 +139,7 @@ class Recovery:
 
     def put_back(self, claim, holder, claimed_at, now):
         """A command died moving a job: the job goes back where it was, unchanged."""
-        self.spool.put_back(claim)
+        self._put_back(claim)
         self.log(f"put job {claim.job_id} back in {BY_OP[claim.op].source}/ (interrupted {claim.op} by {holder})")
 
     def finish_or_put_back(self, claim, holder, claimed_at, now):
@@ -155,7 +158,12 @@ class Recovery:
         if adopted:
             self.spool.drop(claim)
         else:
-            self.spool.put_back(claim)
+            self._put_back(claim)
+
+    def _put_back(self, claim):
+        name = self.spool.put_back(claim)
+        if BY_OP[claim.op].source == "pending":
+            self.returned.append(name)
 
     # -- what dead workers leave beside claims ----------------------------------------------------
 

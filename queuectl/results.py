@@ -63,6 +63,12 @@ class Unsettled:
         Fewer, larger batches share their file-system flushes."""
         return bool(self.items) and (len(self.items) >= SETTLE_BATCH or time.monotonic() - self.oldest >= SETTLE_DELAY)
 
+    def due_in(self):
+        """Seconds until due() turns true (0 if it is), or None when nothing waits."""
+        if not self.items:
+            return None
+        return max(0.0, SETTLE_DELAY - (time.monotonic() - self.oldest))
+
     def settle(self):
         """Record every queued attempt and commit them in one batch (Spool.commit).
 

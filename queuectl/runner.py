@@ -27,7 +27,7 @@ log, called at the first byte of output (at most max_log_bytes are kept, 0: no c
 seconds, or None. on_tick() is called about every `tick` seconds while the job runs (heartbeats,
 settings); should_abort() returning True stops the job's whole process group (a second stop
 signal); after_spawn() runs once the job has started (the worker settles earlier results
-meanwhile). wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short."""
+meanwhile). Both may return how many seconds they want the next call in, when sooner than a tick. wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short."""
 
 
 class Attempt:
@@ -117,6 +117,7 @@ class OutputPump:
         self.log_fd = None
         self.max_bytes = max_bytes or None
         self.kept = 0
+        self.stored = 0  # bytes really written to the log
         self.dropped = 0
         self.open = True
         self.write_error = None
@@ -147,7 +148,9 @@ class OutputPump:
                     self.log_fd = self.open_log()
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self.log_fd, view) :]
+                    n = os.write(self.log_fd, view)
+                    self.stored += n
+                    view = view[n:]
             except OSError as e:  # a full disk loses output, never the job
                 self.write_error = e
         self.kept += len(data)
@@ -254,13 +257,13 @@ def run(spec):
     finally:
         os.close(pump.write_end)
     waiter = Waiter(pid, spec.wakeup_fd, pump)
-    if spec.after_spawn is not None:
-        spec.after_spawn()
+    tick = spec.tick or 3600.0
+    sooner = spec.after_spawn() if spec.after_spawn is not None else None
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     status = None
     try:
         while status is None:
-            wait_for = spec.tick if spec.tick else 3600.0
+            wait_for = min(tick, sooner) if sooner is not None else tick
             if deadline is not None:
                 wait_for = min(wait_for, deadline - time.monotonic())
             status = waiter.wait(wait_for)
@@ -277,11 +280,11 @@ def run(spec):
                 attempt.error = f"timed out after {spec.timeout:g} s; the job's process group was killed"
                 break
             if spec.on_tick:
-                spec.on_tick()
+                sooner = spec.on_tick()
     finally:
         waiter.close()
         pump.close()
-        attempt.log_written = pump.log_fd is not None
+        attempt.log_written = pump.stored > 0  # an empty log (its writes all failed) keeps nothing
         attempt.log_error = pump.write_error
     attempt.finished = time.time()
     if attempt.error is None:

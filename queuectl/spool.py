@@ -292,7 +292,12 @@ class Spool:
 
         Returns (folder, name), or None when the claim had been taken over (see commit)."""
         c = Commit(claim, job, not_before)
-        self.commit([c])
+        try:
+            self.commit([c])
+        except OSError:
+            if c.fence is None and c.staged is not None:  # back as it was: the claim holds the job
+                fsio.unlink_quiet(c.staged)
+            raise
         return c.dest if c.outcome == PUBLISHED else None
 
     def commit(self, items):

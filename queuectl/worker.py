@@ -139,6 +139,9 @@ class Worker:
         self._next_recovery = mono + self.settings["heartbeat-seconds"]
         if self.check_spool():
             self.guard("recover", self.recovery.run, time.time())
+            returned, self.recovery.returned = self.recovery.returned, []
+            for name in returned:  # a link into pending/ looks like a file written in place: read it now
+                self.guard("read a new job", self.intake.consider, name, time.time())
 
     def check_spool(self):
         """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
@@ -256,9 +259,12 @@ class Worker:
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
 
     def _tick(self):
+        """While a job runs: settings, heartbeat, and earlier results made durable within
+        SETTLE_DELAY (results.py), however long the job runs. Returns when to be called next."""
         mono = time.monotonic()
         self.refresh_settings(mono)
         self.heartbeat(mono)
+        return self.settle_if_due()
 
     def refresh_settings(self, mono):
         """Re-read config.json if it changed; a stat at most every SETTINGS_CHECK seconds."""
@@ -267,8 +273,12 @@ class Worker:
             self.settings.refresh()
 
     def settle_if_due(self):
-        if self.unsettled.due():
+        """Settle a batch worth it (results.Unsettled.due); returns the seconds until the next
+        one is, if any waits (a fault holds results back for the fault's back-off)."""
+        if self.unsettled.due() and time.monotonic() >= self.faults.hold_until:
             self.settle()
+        wait = self.unsettled.due_in()
+        return None if wait is None else max(wait, self.faults.hold_until - time.monotonic())
 
     def settle(self):
         """Make the finished attempts durable, then account for them. On a file-system fault the
