@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from queuectl import policy
+from queuectl import contain, policy
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.layout import BY_OP
@@ -88,6 +88,9 @@ class Recovery:
     def recover(self, claim, claimed_at, now):
         if on_this_host(claim.holder):
             kill_orphans(claim.name)
+            killed = contain.kill_lost(claim.holder)  # all its jobs left, escapees included (cgroup)
+            if killed:
+                self.log(f"killed {killed} process(es) left running by lost worker {claim.holder}")
         mine = self.spool.take_over(claim)
         if mine is None:
             return
@@ -153,6 +156,7 @@ class Recovery:
         for name, wid in self.spool.heartbeat_leftovers():
             if wid != self.spool.wid and holder_is_dead(self.spool, wid, now, lease):
                 self.spool.drop_heartbeat_leftover(name)
+        contain.sweep()  # empty job cgroups of dead workers
 
     def tmp(self, now):
         lease = self.settings["lease-seconds"]
