@@ -9,13 +9,13 @@ One mechanism per worker, chosen when it starts; `QUEUECTL_CONTAINMENT=cgroup|su
 forces one (a forced mechanism that cannot be had stops the worker with an error):
 
 cgroup     Linux with cgroup v2, where this process may create a child of its own cgroup (root, or
-           a delegated subtree). Each worker has one cgroup for its jobs, `queuectl-jobs.WORKER`, a
-           child of the cgroup the worker started in (no controller is enabled, so the worker may
-           stay in its parent). A job's shell moves itself into it before it runs anything
-           (`echo 0 >.../cgroup.procs` before the command), so nothing the job starts is outside it,
-           whatever it does with its session, process group or environment. It outlives a killed
-           worker: whoever recovers the worker's job kills what is left in it (`cgroup.kill`), also
-           after the whole pool was killed.
+           a delegated subtree). Each worker creates `queuectl-jobs.WORKER` beside itself (a child
+           of the cgroup it started in; no controller is enabled) and moves itself into it, so
+           every job it spawns is born in it: nothing a job starts can leave it, whatever it does
+           with its session, process group or environment. What is in it besides the worker is
+           what the jobs left; the worker kills those one by one (cgroup.kill would kill the
+           worker too). The cgroup outlives a killed worker: whoever recovers its job kills what is
+           left in it (`cgroup.kill`), also after the whole pool was killed.
 subreaper  Linux otherwise. The worker is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): processes
            orphaned by a job reparent to it instead of to init, so its children other than the job's
            shell are what the job left. The supervisor is a subreaper too and kills what a dead
@@ -31,7 +31,6 @@ import errno
 import os
 import re
 import select
-import shlex
 import signal
 import time
 
@@ -175,66 +174,68 @@ def _rmdir(path):
         return False
 
 
-def _spawn_quiet(argv):
-    return os.posix_spawn(
-        argv[0],
-        argv,
-        os.environ,
-        file_actions=[(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)],
-    )
-
-
 # -- the mechanisms: what a worker's runner calls -------------------------------------------------------
 
 
 class CgroupJobs:
-    """A worker's jobs run in its cgroup `queuectl-jobs.WORKER`."""
+    """The worker lives in its cgroup `queuectl-jobs.WORKER` with its jobs: a job is born in it (no
+    move per job, nothing between the spawn and the cgroup), and what is in it besides the worker
+    is what its jobs left."""
 
     kind = "cgroup"
 
-    def __init__(self, path):
+    def __init__(self, path, home):
         self.path = path
-        self.events = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
-        self.prefix = f"echo 0 >{shlex.quote(os.path.join(path, 'cgroup.procs'))}||exit 125;"
+        self.home = home
+        self.me = os.getpid()
+        self.alone = f"{self.me}\n".encode()
+        self.procs = os.open(os.path.join(path, "cgroup.procs"), os.O_RDONLY | os.O_CLOEXEC)
+        self.stat = os.open(os.path.join(path, "cgroup.stat"), os.O_RDONLY | os.O_CLOEXEC)
 
     @classmethod
     def create(cls, wid):
-        """Create (or reuse) the cgroup of worker WID's jobs, and check that a job can join it."""
-        parent = cgroup_of()
-        if parent is None:
+        """Create (or reuse) the cgroup of worker WID's jobs beside this process, and move this
+        process into it. Raises OSError where that cannot be done."""
+        home = jobs_home()
+        if home is None:
             raise OSError(errno.ENOENT, "no cgroup v2 hierarchy is mounted")
-        path = os.path.join(parent, PREFIX + wid)
+        path = os.path.join(home, PREFIX + wid)
         try:
             os.mkdir(path)
         except FileExistsError:
             pass
         try:
-            jobs = cls(path)
+            move_self(path)
         except OSError:
             _rmdir(path)
             raise
-        try:  # as a job does it: a shell that moves itself in (a delegation rule may forbid it)
-            _, status = os.waitpid(_spawn_quiet(["/bin/sh", "-c", jobs.prefix + "exit 0"]), 0)
-            if os.waitstatus_to_exitcode(status) != 0:
-                raise OSError(errno.EPERM, f"a process cannot move itself into {path}")
+        try:
+            return cls(path, home)
         except OSError:
-            jobs.close()
+            move_self(home)
+            _rmdir(path)
             raise
-        return jobs
 
     def describe(self):
         return f"cgroup {self.path}"
 
-    def wrap(self, command):
-        """The command to run: the shell first moves itself into the cgroup."""
-        return self.prefix + command
+    def others(self):
+        """The pids in the cgroup (and below it) other than the worker: what its job runs or left.
+        The common case, the worker alone, costs two reads of already open files."""
+        try:
+            data = os.pread(self.procs, 4096, 0)
+            if data == self.alone and b"nr_descendants 0\n" in os.pread(self.stat, 4096, 0):
+                return []
+        except OSError:
+            pass  # RACE: the cgroup is gone; procs_in finds nothing then
+        return [p for p in procs_in(self.path) if p != self.me]
 
     def signal(self, pgid, sig):
         """Send SIG to every process of the running attempt."""
         if sig == signal.SIGKILL:
-            kill_cgroup(self.path, self.events)
+            self._kill_all()
             return
-        for pid in procs_in(self.path):
+        for pid in self.others():
             _kill(pid, sig)
 
     def reap(self, leader):
@@ -243,23 +244,83 @@ class CgroupJobs:
     def clear(self, pgid, grace):
         """After the job's shell has ended: end what is left, SIGTERM then SIGKILL after GRACE
         seconds (at once if GRACE is 0). Returns how many processes were left."""
-        if not populated(self.events):
+        left = self.others()
+        if not left:
             return 0
-        left = len(procs_in(self.path))
         if grace > 0:
-            self.signal(pgid, signal.SIGTERM)
-            if wait_empty(self.events, grace):
-                return left
-        kill_cgroup(self.path, self.events)
-        wait_empty(self.events, KILL_WAIT)
-        return left
+            for pid in left:
+                _kill(pid, signal.SIGTERM)
+            if _wait_until(lambda: not self.others(), grace):
+                return len(left)
+        self._kill_all()
+        return len(left)
+
+    def _kill_all(self):
+        """SIGKILL all but the worker, again until none is left: a process with SIGKILL pending
+        cannot fork, so each round finds only what was forked during the last one. (cgroup.kill
+        would kill the worker too; recovery uses it once the worker is dead.)"""
+        end = time.monotonic() + KILL_WAIT
+        delay = 0.0005
+        while True:
+            pids = self.others()
+            if not pids or time.monotonic() > end:
+                break
+            for pid in pids:
+                _kill(pid, signal.SIGKILL)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+        for sub in sorted((e.path for e in _scandirs(self.path)), reverse=True):
+            _rmdir_tree(sub)  # cgroups a job made below ours (as root it may)
 
     def close(self):
-        """The worker stops: remove its cgroup (empty: every attempt has cleared it)."""
-        if self.events is not None:
-            os.close(self.events)
-            self.events = None
+        """The worker stops: it moves back to where it started, and removes the cgroup."""
+        for fd in (self.procs, self.stat):
+            if fd is not None:
+                os.close(fd)
+        self.procs = self.stat = None
+        try:
+            move_self(self.home)
+        except OSError:
+            return  # left to sweep() once this process is gone
         _rmdir(self.path)
+
+
+def jobs_home():
+    """Where the job cgroups of workers started by this process go: its own cgroup, or, in a
+    worker (which lives in its job cgroup), the parent of that."""
+    path = cgroup_of()
+    if path is not None and os.path.basename(path).startswith(PREFIX):
+        return os.path.dirname(path)
+    return path
+
+
+def move_self(path):
+    with open(os.path.join(path, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+
+
+def _scandirs(path):
+    try:
+        return [e for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _rmdir_tree(path):
+    for sub in _scandirs(path):
+        _rmdir_tree(sub.path)
+    _rmdir(path)
+
+
+def _wait_until(cond, timeout):
+    end = time.monotonic() + timeout
+    delay = 0.0005
+    while not cond():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    return True
 
 
 class SubreaperJobs:
@@ -274,9 +335,6 @@ class SubreaperJobs:
 
     def describe(self):
         return "child subreaper"
-
-    def wrap(self, command):
-        return command
 
     def signal(self, pgid, sig):
         """Send SIG to the job's process group and to every descendant of this worker: the job's
@@ -336,9 +394,6 @@ class GroupJobs:
 
     def describe(self):
         return "process group only"
-
-    def wrap(self, command):
-        return command
 
     def signal(self, pgid, sig):
         _kill_group(pgid, sig)
@@ -547,7 +602,7 @@ def kill_lost(holder):
     name = PREFIX + holder
     if cgroup2_mount() is None or "/" in name:
         return 0
-    parent = cgroup_of()
+    parent = jobs_home()
     here = os.path.join(parent, name) if parent is not None else None
     places = [here] if here is not None and os.path.isdir(here) else _find_cgroups(name)
     killed = 0
@@ -588,7 +643,7 @@ def sweep():
     is left to the recovery of its worker's claims (kill_lost)."""
     if cgroup2_mount() is None:
         return
-    parent = cgroup_of()
+    parent = jobs_home()
     if parent is None:
         return
     try:

@@ -258,7 +258,7 @@ def run(spec, now):
     pump = OutputPump(spec.open_log, spec.max_log_bytes)
     contain = spec.contain
     try:
-        pid = spawn(spec.command if contain is None else contain.wrap(spec.command), spec.env, spec.cwd, pump.write_end)
+        pid = spawn(spec.command, spec.env, spec.cwd, pump.write_end)
     except OSError as e:
         os.close(pump.fd)
         attempt.error = f"could not start: {e.strerror or e}"

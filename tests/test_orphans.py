@@ -196,7 +196,7 @@ def test_a_new_pool_kills_what_a_killed_pool_left(spool, tmp_path, pids):
     os.kill(w["pid"], signal.SIGKILL)
     wait_until(lambda: not alive(w["pid"]), timeout=10)
     assert all(alive(p) for p in pids)  # orphans now: nothing of the old pool is left to kill them
-    cgroup = os.path.join(contain.cgroup_of(), contain.PREFIX + w["id"])
+    cgroup = os.path.join(contain.jobs_home(), contain.PREFIX + w["id"])
     assert set(contain.procs_in(cgroup)) >= set(pids)  # where they still are
 
     spool.start_workers()  # a new pool; its worker recovers the job
@@ -235,22 +235,61 @@ def test_an_unknown_mechanism_stops_the_worker(spool):
     assert "QUEUECTL_CONTAINMENT='bogus'" in p.stderr and "keep dying" in p.stderr, p.stderr
 
 
+def _in_forked_child(fn):
+    """Run FN() in a forked child (it moves itself between cgroups: pytest must not); its exit
+    status is 0 if FN returned, 1 with the traceback on stderr if it raised."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 @pytest.mark.skipif(not ROOT, reason="cgroups are expected only as root (CI runs as root)")
-def test_cgroup_kill_without_the_cgroup_kill_file(monkeypatch):
-    """Before Linux 5.14 there is no cgroup.kill: every pid listed is killed, until none is left."""
-    jobs = contain.CgroupJobs.create(procs.worker_id())
-    try:
-        cmd = jobs.wrap("setsid sleep 300 & sleep 300 & (sleep 300 &); exit 0")
-        leader = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", cmd], os.environ, setsid=True)
+@pytest.mark.parametrize("cgroup_kill", [True, False], ids=["worker-alive", "no-cgroup.kill"])
+def test_a_worker_cgroup_holds_the_worker_and_its_jobs_and_only_they_die(cgroup_kill):
+    """The worker lives in its job cgroup, so its jobs are born there; clearing kills all in it but
+    the worker. kill_lost (the worker dead) uses cgroup.kill, or without it (before Linux 5.14)
+    kills every pid listed until none is left."""
+
+    def worker():
+        jobs = contain.CgroupJobs.create(procs.worker_id())
+        assert contain.cgroup_of() == jobs.path and contain.jobs_home() == os.path.dirname(jobs.path)
+        leader = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "setsid sleep 300 & sleep 300 & (sleep 300 &); exit 0"], os.environ, setsid=True)
         assert os.waitstatus_to_exitcode(os.waitpid(leader, 0)[1]) == 0
-        left = contain.procs_in(jobs.path)
-        assert len(left) == 3 and contain.populated(jobs.events)
-        monkeypatch.setattr(contain, "CGROUP_KILL", False)
-        assert jobs.clear(leader, 0.0) == 3
-        assert not contain.populated(jobs.events) and not any(alive(p) for p in left)
+        left = jobs.others()
+        assert len(left) == 3 and os.getpid() not in left
+        assert jobs.clear(leader, 0.0) == 3 and jobs.others() == [] and not any(alive(p) for p in left)
+        # a job that outlives a killed worker (this child, killed below)
+        os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "exec setsid sleep 300"], os.environ, setsid=True)
+        wait_until(lambda: len(jobs.others()) == 1, timeout=5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def new_cgroups():
+        return [n for n in os.listdir(contain.jobs_home()) if n.startswith(contain.PREFIX) and n not in before]
+
+    before = set(os.listdir(contain.jobs_home()))
+    try:
+        status = _in_forked_child(worker)
+        assert status == -signal.SIGKILL, f"the worker check failed (status {status})"
+        (name,) = new_cgroups()
+        path = os.path.join(contain.jobs_home(), name)
+        (orphan,) = contain.procs_in(path)
+        contain.CGROUP_KILL = cgroup_kill
+        assert contain.kill_lost(name[len(contain.PREFIX) :]) == 1
+        assert not alive(orphan) and not os.path.exists(path)
     finally:
-        jobs.close()
-    assert not os.path.exists(jobs.path)
+        contain.CGROUP_KILL = True
+        for name in new_cgroups():  # a failed check leaves nothing behind
+            contain.kill_lost(name[len(contain.PREFIX) :])
 
 
 def test_the_runner_without_containment_kills_only_the_process_group(tmp_path):
