@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 
+from queuectl import contain
 from queuectl.errors import QueuectlError
 from queuectl.layout import OUTCOMES
 from queuectl.procs import here, split_worker_id
@@ -73,6 +74,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        strays = contain.for_supervisor()  # subreaper workers: a dead one's job reparents to us
         self._stats_w = stats_w
         for _ in range(self.count):
             self._start(child_ready_w)
@@ -88,6 +90,8 @@ class Supervisor:
             except ChildProcessError:
                 break
             started = self.children.pop(pid, None)
+            if strays and started is not None:
+                contain.kill_strays(self.children)
             self._collect_stats()
             if (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0) and not self.stopping and started is not None:
                 self._replace(pid, status, started)

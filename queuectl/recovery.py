@@ -9,12 +9,12 @@ import os
 import signal
 import time
 
-from queuectl import policy
+from queuectl import contain, policy
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
 from queuectl.layout import BY_OP
-from queuectl.procs import liveness
+from queuectl.procs import here, liveness
 from queuectl.runner import CLAIM_ENV
 
 TMP_GRACE = 3600  # seconds before a writer's unfinished file in tmp/ is moved to rejected/
@@ -98,6 +98,10 @@ class Recovery:
     def recover(self, claim, claimed_at, now):
         kill_orphans(claim.name)  # wherever its holder ran: the claim's name is unique
         self._unreachable_orphans(claim.holder)
+        if here(claim.holder):
+            killed = contain.kill_lost(claim.holder)  # all its jobs left, escapees included (cgroup)
+            if killed:
+                self.log(f"killed {killed} process(es) left running by lost worker {claim.holder}")
         mine = self.spool.take_over(claim)
         if mine is None:
             return
@@ -175,6 +179,7 @@ class Recovery:
         for name, wid in self.spool.heartbeat_leftovers():
             if wid != self.spool.wid and holder_is_dead(self.spool, wid, fs_now, lease):
                 self.spool.drop_heartbeat_leftover(name)
+        contain.sweep()  # empty job cgroups of dead workers
 
     def tmp(self, now, fs_now):
         lease = self.settings["lease-seconds"]

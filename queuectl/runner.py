@@ -17,8 +17,8 @@ CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job 
 
 Spec = namedtuple(
     "Spec",
-    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn",
-    defaults=(None, 0, None, None, None, None, None),
+    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain",
+    defaults=(None, 0, None, None, None, None, None, None),
 )
 Spec.__doc__ = """One attempt to run.
 
@@ -27,13 +27,16 @@ log, called at the first byte of output (at most max_log_bytes are kept, 0: no c
 seconds, or None. on_tick() is called about every `tick` seconds while the job runs (heartbeats,
 settings); should_abort() returning True stops the job's whole process group (a second stop
 signal); after_spawn() runs once the job has started (the worker settles earlier results
-meanwhile). Both may return how many seconds they want the next call in, when sooner than a tick. wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short."""
+meanwhile). Both may return how many seconds they want the next call in, when sooner than a tick.
+wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short. contain: the worker's
+containment (contain.py), which also stops, and at the end of the attempt kills, whatever the job
+started outside its process group; None: the process group only."""
 
 
 class Attempt:
     """The outcome of one attempt: exit_code (None unless the command ran to an exit) and error."""
 
-    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error")
+    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error", "leftovers")
 
     def __init__(self, started):
         self.started = started
@@ -43,6 +46,7 @@ class Attempt:
         self.interrupted = False
         self.log_written = False
         self.log_error = None
+        self.leftovers = 0  # processes the job left running when its shell ended (killed then)
 
 
 def spawn(command, env, cwd, out_fd):
@@ -155,11 +159,21 @@ class OutputPump:
                 self.write_error = e
         self.kept += len(data)
 
-    def close(self):
+    def close(self, note=None):
         self.pump()  # what the job wrote before it exited (a child holding the pipe: we stop here)
         os.close(self.fd)
+        if note is not None and self.log_fd is None and self.write_error is None:
+            try:
+                self.log_fd = self.open_log()
+            except OSError as e:
+                self.write_error = e
         if self.log_fd is None:
             return
+        if note is not None and self.write_error is None:
+            try:
+                self.stored += os.write(self.log_fd, f"\n[queuectl: {note}]\n".encode())
+            except OSError:
+                pass
         if self.dropped and self.write_error is None:
             note = f"\n[queuectl: {self.dropped} more bytes of output dropped: over max-log-bytes={self.max_bytes}]\n"
             try:
@@ -247,6 +261,7 @@ def run(spec):
         attempt.finished = time.time()
         return attempt
     pump = OutputPump(spec.open_log, spec.max_log_bytes)
+    contain = spec.contain
     try:
         pid = spawn(spec.command, spec.env, spec.cwd, pump.write_end)
     except OSError as e:
@@ -271,19 +286,30 @@ def run(spec):
                 break
             drain_wakeup(spec.wakeup_fd)
             if spec.should_abort and spec.should_abort():
-                status = _stop_group(waiter, pid)
+                status = _stop_group(waiter, pid, contain)
                 attempt.interrupted = True
                 attempt.error = "interrupted: the worker was told to stop now"
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                status = _stop_group(waiter, pid)
+                status = _stop_group(waiter, pid, contain)
                 attempt.error = f"timed out after {spec.timeout:g} s; the job's process group was killed"
                 break
+            if contain is not None:
+                contain.reap(pid)
             if spec.on_tick:
                 sooner = spec.on_tick()
     finally:
+        note = None
+        if contain is not None:  # what the job left running dies with the attempt
+            ended = status is not None and attempt.error is None
+            try:
+                attempt.leftovers = contain.clear(pid, KILL_GRACE if ended else 0.0)
+            except OSError:
+                pass  # best effort: the attempt's outcome stands
+            if ended and attempt.leftovers:
+                note = f"killed {attempt.leftovers} process(es) the job left running when it ended"
         waiter.close()
-        pump.close()
+        pump.close(note)
         attempt.log_written = pump.stored > 0  # an empty log (its writes all failed) keeps nothing
         attempt.log_error = pump.write_error
     attempt.finished = time.time()
@@ -292,11 +318,18 @@ def run(spec):
     return attempt
 
 
-def _stop_group(waiter, pgid):
-    """TERM the whole process group, KILL it after a short grace; returns the leader's status."""
-    kill_group(pgid, signal.SIGTERM)
+def _stop_group(waiter, pgid, contain=None):
+    """TERM the whole process group (and with CONTAIN every process the job started), KILL it
+    after a short grace; returns the leader's status."""
+    _signal_job(pgid, signal.SIGTERM, contain)
     status = waiter.wait(KILL_GRACE)
-    kill_group(pgid, signal.SIGKILL)  # also ends any child that outlived the leader
+    _signal_job(pgid, signal.SIGKILL, contain)  # also ends any child that outlived the leader
     if status is None:
         status = waiter.wait(KILL_GRACE)
     return status
+
+
+def _signal_job(pgid, sig, contain):
+    kill_group(pgid, sig)
+    if contain is not None:
+        contain.signal(pgid, sig)

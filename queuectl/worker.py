@@ -20,7 +20,7 @@ import sys
 import time
 
 from queuectl import layout as L
-from queuectl import policy, runner
+from queuectl import contain, policy, runner
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.faults import Faults
@@ -69,7 +69,7 @@ class Worker:
         self.intake = Intake(spool, self.index, self.settings, self.log)
         self.recovery = Recovery(spool, self.settings, self.log)
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
-        self.wid = self.wake_r = self.started_at = self.base_env = self._pending_ino = None
+        self.wid = self.wake_r = self.started_at = self.base_env = self._pending_ino = self.contain = None
         self._watch_at = self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
@@ -116,12 +116,13 @@ class Worker:
         self._pending_ino = self.spool.stat("pending", ".").st_ino
         self.started_at = iso(time.time())
         runner.seal_inherited_fds()
+        self.contain, contain_note = contain.for_worker(self.wid)  # after the seal: its probe is a process
         self.base_env = dict(os.environ)
         self.heartbeat(time.monotonic())
         if self.ready_fd is not None:
             os.write(self.ready_fd, b"r")
             os.close(self.ready_fd)
-        self.log("started")
+        self.log(f"started; jobs contained by: {self.contain.describe()}{contain_note}")
 
     def _on_signal(self, signum, frame):
         self.stop_requests += 1
@@ -241,6 +242,7 @@ class Worker:
             on_tick=self._tick,
             should_abort=lambda: self.stop_requests >= 2,
             after_spawn=self.settle_if_due,
+            contain=self.contain,
         )
         try:
             attempt = runner.run(spec)
@@ -248,6 +250,8 @@ class Worker:
             self.fault(f"start job {job['id']}", e)
             self.guard("release a job", self.spool.put_back, claim)
             return
+        if attempt.leftovers:
+            self.log(f"job {job['id']}: killed {attempt.leftovers} process(es) it left running")
         if attempt.log_error is not None:
             self.fault(f"write the log of job {job['id']}", attempt.log_error)
         else:
@@ -348,6 +352,8 @@ class Worker:
             self.pause(self.faults.delay)
         if self.watcher is not None:
             self.watcher.stop()
+        if self.contain is not None:
+            self.contain.close()
         self.spool.remove_heartbeat(self.wid)
         c = self.counts
         self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
