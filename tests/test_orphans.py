@@ -297,7 +297,7 @@ def test_the_runner_without_containment_kills_only_the_process_group(tmp_path):
 
     child = tmp_path / "child.pid"
     spec = runner.Spec(command=f"setsid sleep 300 & {record(child)}", env=dict(os.environ), cwd=None, open_log=lambda: os.open(os.devnull, os.O_WRONLY))
-    attempt = runner.run(spec, 0.0)
+    attempt = runner.run(spec)
     pid = read_pid(child)
     try:
         assert attempt.exit_code == 0 and attempt.leftovers == 0 and alive(pid)
