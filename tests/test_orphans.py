@@ -264,8 +264,9 @@ def test_a_worker_cgroup_holds_the_worker_and_its_jobs_and_only_they_die(cgroup_
         assert contain.cgroup_of() == jobs.path and contain.jobs_home() == os.path.dirname(jobs.path)
         leader = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "setsid sleep 300 & sleep 300 & (sleep 300 &); exit 0"], os.environ, setsid=True)
         assert os.waitstatus_to_exitcode(os.waitpid(leader, 0)[1]) == 0
-        left = jobs.others()
-        assert len(left) == 3 and os.getpid() not in left
+        # the subshell of `(sleep 300 &)` may still be on its way out: wait for the three sleeps
+        left = wait_until(lambda: (lambda o: o if len(o) == 3 else None)(jobs.others()), timeout=5)
+        assert os.getpid() not in left
         assert jobs.clear(leader, 0.0) == 3 and jobs.others() == [] and not any(alive(p) for p in left)
         # a job that outlives a killed worker (this child, killed below)
         os.posix_spawn("/bin/sh", ["/bin/sh", "-c", "exec setsid sleep 300"], os.environ, setsid=True)
