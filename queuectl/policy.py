@@ -14,11 +14,11 @@ def backoff(attempts, base, maximum):
     return min(delay, float(maximum))
 
 
-def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum):
+def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum, notes=()):
     """JOB after one more ended attempt, and its not-before time if it goes back to pending.
 
     exit_code 0 with no error completes the job; anything else is a failure that retries while
-    attempts <= max_retries and goes dead after that.
+    attempts <= max_retries and goes dead after that. NOTES, if any, go in the history entry.
     """
     job = dict(job)
     attempts = job.get("attempts", 0) + 1
@@ -39,6 +39,8 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
             "log": log,
         }
     ]
+    if notes:
+        job["history"][-1]["notes"] = list(notes)
     if exit_code == 0 and error is None:
         job["state"] = "completed"
         return job, None
