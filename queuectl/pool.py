@@ -279,6 +279,10 @@ class _Target:
     def alive(self):
         return is_alive_here(self.pid, self.start)
 
+    def took_request(self, spool):
+        """Has the worker taken a stop request (its heartbeat says so), or is it gone?"""
+        return not self.alive() or "stopping_since" in (spool.read_heartbeat(self.wid) or {})
+
     def stopping_now(self, spool):
         """Is the worker stopping its job (its heartbeat says so), or gone?"""
         return not self.alive() or (spool.read_heartbeat(self.wid) or {}).get("stopping_now") is True
@@ -368,7 +372,12 @@ def stop(spool, timeout=STOP_TIMEOUT, kill_after=KILL_AFTER, say=None, poll=0.05
     left = [t for t in targets if t.pid not in failed]
     if _wait(lambda: not any(t.alive() for t in left), timeout, poll):
         return len(targets), code
+    # a request not read yet (--timeout 0) would merge with the second one: wait until the workers
+    # have taken it (idle ones are gone by then)
+    _wait(lambda: all(t.took_request(spool) for t in left), 1.0, poll)
     left = [t for t in left if t.alive()]
+    if not left:
+        return len(targets), code
     jobs = _held_jobs(spool)
     say(
         f"after {_secs(timeout)}, {len(left)} worker(s) still running; sent a second SIGTERM, "
@@ -381,7 +390,7 @@ def stop(spool, timeout=STOP_TIMEOUT, kill_after=KILL_AFTER, say=None, poll=0.05
         for t in left:
             if not t.stopping_now(spool):
                 _signal(t.pid, signal.SIGTERM, [])
-        if _wait(lambda: all(t.stopping_now(spool) for t in left), min(1.0, max(0.0, end - time.monotonic())), poll):
+        if _wait(lambda: all(t.stopping_now(spool) for t in left), min(0.5, max(0.0, end - time.monotonic())), poll):
             break
     if not _wait(lambda: not any(t.alive() for t in left), max(0.0, end - time.monotonic()), poll):
         left = [t for t in left if t.alive()]
