@@ -158,21 +158,48 @@ def worker_start(ctx, count, burst, detach):
     return pool.start(_spool(ctx), count, burst=burst, detach=detach)
 
 
+class Duration(click.ParamType):
+    """Seconds: a bare number, or a number with a unit (ms, s, m, h): 90, 1.5s, 5m, 1h."""
+
+    name = "duration"
+    UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value, param, ctx):
+        import re
+
+        if isinstance(value, (int, float)):
+            return float(value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", value)
+        if not m:
+            self.fail(f"{value!r} is not a duration: seconds (90), or with a unit (1.5s, 5m, 1h)", param, ctx)
+        return float(m.group(1)) * self.UNITS[m.group(2)]
+
+
 @worker.command("stop")
+@click.option("--timeout", type=Duration(), default="60s", show_default=True, metavar="DURATION",
+              help="How long running jobs may take to finish; then a second SIGTERM stops them and puts them back in pending/.")
+@click.option("--kill-after", type=Duration(), default="10s", show_default=True, metavar="DURATION",
+              help="After the second SIGTERM, how long before workers still running are killed (SIGKILL).")
 @click.pass_context
-def worker_stop(ctx):
+def worker_stop(ctx, timeout, kill_after):
     """Let every worker of this spool on this machine (its PID namespace: this container) finish
     its job and exit, whatever the host name is now; name them and wait for them.
+
+    Workers still running after --timeout get a second SIGTERM (they stop their jobs and put them
+    back in pending/), and SIGKILL --kill-after later (their jobs stay claimed until recovery counts
+    them as lost); each escalation is one line on stderr. Exit status 0 if every worker stopped
+    within --timeout, 1 if it had to escalate (or could not signal one).
 
     \b
     Example:
       queuectl worker stop
+      queuectl worker stop --timeout 5m --kill-after 30s
     """
     from queuectl import pool
 
-    n = pool.stop(_spool(ctx))
+    n, code = pool.stop(_spool(ctx), timeout=timeout, kill_after=kill_after)
     click.echo(f"queuectl: {n} worker(s) stopped" if n else "queuectl: no workers running", err=True)
-    return 0
+    return code
 
 
 @cli.command()

@@ -49,11 +49,11 @@ def trim_runs(runs):
     return runs[:1] + [merged] + runs[len(runs) - (RUNS_KEEP - 2) :]
 
 
-def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum):
+def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum, notes=()):
     """JOB after one more ended attempt, and its not-before time if it goes back to pending.
 
     exit_code 0 with no error completes the job; anything else is a failure that retries while
-    attempts <= max_retries and goes dead after that.
+    attempts <= max_retries and goes dead after that. NOTES, if any, go in the history entry.
     """
     job = dict(job)
     attempts = job.get("attempts", 0) + 1
@@ -78,6 +78,8 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
             }
         ]
     )
+    if notes:
+        job["history"][-1]["notes"] = list(notes)
     if exit_code == 0 and error is None:
         job["state"] = "completed"
         return job, None

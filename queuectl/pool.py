@@ -3,6 +3,13 @@
 Each worker runs in its own process group, so a Ctrl-C in the terminal reaches only the
 supervisor, which passes it on as exactly one SIGTERM per worker: one Ctrl-C is one graceful stop,
 a second one stops the jobs too. A worker that dies of anything but a stop request is replaced.
+
+The supervisor reads its stop signals with sigwaitinfo, like the workers (stopsignals.py): one
+sent by a process of the pool (a worker's job) is ignored, and requests count per sender, so that
+two `worker stop` at once are one graceful stop.
+
+`worker stop` asks every worker (and their supervisors) to stop once; after --timeout it sends
+a second SIGTERM (the workers stop their jobs and put them back), after --kill-after more SIGKILL.
 """
 
 import json
@@ -11,12 +18,14 @@ import signal
 import sys
 import time
 
-from queuectl import contain
 from queuectl.errors import QueuectlError
 from queuectl.layout import OUTCOMES
-from queuectl.procs import here, split_worker_id
+from queuectl.logsink import LogSink
+from queuectl import contain
+from queuectl.procs import here, liveness, split_worker_id
 from queuectl.recovery import holder_is_dead
 from queuectl.settings import Watched
+from queuectl.stopsignals import HAVE_SIGINFO, STOP_SIGNALS, Requests, descends_from, lineage, sent_from, signame
 
 # A crash loop: workers dying by themselves (an exit status, a signal other than SIGKILL) within
 # QUICK_DEATH seconds of their start, CRASH_LOOP times within CRASH_WINDOW seconds. Then the
@@ -24,6 +33,9 @@ from queuectl.settings import Watched
 QUICK_DEATH = 1.0
 CRASH_LOOP = 5
 CRASH_WINDOW = 10.0
+
+STOP_TIMEOUT = 60.0  # `worker stop`: seconds the running jobs get to finish before the second SIGTERM
+KILL_AFTER = 10.0  # `worker stop`: seconds after the second SIGTERM before SIGKILL
 
 
 def _fork_worker(spool, burst, ready_w, stats_w):
@@ -35,9 +47,11 @@ def _fork_worker(spool, burst, ready_w, stats_w):
         os.setpgid(0, 0)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        if HAVE_SIGINFO:  # SIGTERM and SIGINT stay blocked: the worker reads them (stopsignals.py)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD,))
         from queuectl.worker import Worker
 
-        code = Worker(spool, burst=burst, ready_fd=ready_w, stats_fd=stats_w).run()
+        code = Worker(spool, burst=burst, ready_fd=ready_w, stats_fd=stats_w, supervisor=os.getppid()).run()
     except BaseException as e:  # a worker must never fall back into the supervisor's code
         try:
             sys.stderr.write(f"queuectl worker {os.getpid()}: crashed: {e!r}\n")
@@ -54,27 +68,60 @@ class Supervisor:
         self.count = count
         self.burst = burst
         self.children = {}  # pid -> when it started (monotonic), while it runs
-        self.stopping = 0
+        self.requests = Requests()
         self.totals = dict.fromkeys(OUTCOMES, 0)
         self.quick_deaths = []
+        self.sink = None
+        self.strays = False
+        self._ignored_logged_at = -3600.0
 
-    def _on_signal(self, signum, frame):
-        self.stopping += 1
+    @property
+    def stopping(self):
+        return self.requests.level
+
+    def say(self, text):
+        self.sink.write(f"queuectl: {text}\n")
+
+    def _on_signal(self, signum, frame):  # without sigwaitinfo: every stop signal counts, sender unknown
+        self._stop_request(None)
+
+    def _stop_signal(self, sent):
+        """A stop signal read by sigwaitinfo: ignored if a process of the pool sent it."""
+        me = os.getpid()
+        if sent.pid not in (None, 0, me) and (sent.pid in self.children or descends_from(sent, me)):
+            now = time.monotonic()
+            if now - self._ignored_logged_at >= 60:
+                self._ignored_logged_at = now
+                self.say(f"{signame(sent.signo)} from pid {sent.pid} (a process of the pool) ignored: a job cannot stop the pool")
+            return
+        self._stop_request(sent.pid)
+
+    def _stop_request(self, sender):
+        """Pass a stop request on to every worker, once per level: the first one from anyone, then
+        a second one from the same sender (stopsignals.Requests)."""
+        if not self.requests.add(sender):
+            return
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass  # RACE: it exited meanwhile; os.wait() will collect it
+                pass  # RACE: it exited meanwhile; it is reaped next
 
     def run(self, ready_w=None):
         """Start the workers and supervise them until all have exited; returns the exit status."""
+        self.sink = LogSink()
         self.stats_r, stats_w = os.pipe()
         os.set_blocking(self.stats_r, False)
         ready_r, child_ready_w = os.pipe()
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        waited = STOP_SIGNALS + (signal.SIGCHLD,)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # not an inherited SIG_IGN: children must not reap themselves
+        if HAVE_SIGINFO:  # read with sigwaitinfo below; workers inherit the mask (see _fork_worker)
+            signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        else:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        strays = contain.for_supervisor()  # subreaper workers: a dead one's job reparents to us
+        self.strays = contain.for_supervisor()  # subreaper workers: a dead one's job reparents to us
         self._stats_w = stats_w
         for _ in range(self.count):
             self._start(child_ready_w)
@@ -85,21 +132,42 @@ class Supervisor:
             os.write(ready_w, b"r" * got)
             os.close(ready_w)
         while self.children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            started = self.children.pop(pid, None)
-            if strays and started is not None:
-                contain.kill_strays(self.children)
-            self._collect_stats()
-            if (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0) and not self.stopping and started is not None:
-                self._replace(pid, status, started)
+            if HAVE_SIGINFO:
+                info = signal.sigwaitinfo(waited)
+                if info.si_signo != signal.SIGCHLD:
+                    self._stop_signal(sent_from(info))
+            else:
+                try:
+                    pid, status = os.wait()
+                except ChildProcessError:
+                    break
+                self._exited(pid, status)
+            self._reap()
         os.close(stats_w)
         self._collect_stats()
         t = self.totals
-        print(f"queuectl: workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead", file=sys.stderr)
+        self.say(f"workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead")
+        self.sink.close(timeout=1.0)
         return 0
+
+    def _reap(self):
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self._exited(pid, status)
+
+    def _exited(self, pid, status):
+        started = self.children.pop(pid, None)
+        if self.strays and started is not None:
+            contain.kill_strays(self.children)
+        self._collect_stats()
+        if (os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0) and not self.stopping and started is not None:
+            self._replace(pid, status, started)
 
     def _start(self, ready_w):
         pid = _fork_worker(self.spool, self.burst, ready_w, self._stats_w)
@@ -112,9 +180,9 @@ class Supervisor:
             self.quick_deaths = [t for t in self.quick_deaths if now - t < CRASH_WINDOW] + [now]
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit status {os.WEXITSTATUS(status)}"
         if len(self.quick_deaths) >= CRASH_LOOP:
-            print(f"queuectl: worker {pid} died ({how}); workers keep dying at start, not replacing it", file=sys.stderr)
+            self.say(f"worker {pid} died ({how}); workers keep dying at start, not replacing it")
             return
-        print(f"queuectl: worker {pid} died ({how}); starting a replacement", file=sys.stderr)
+        self.say(f"worker {pid} died ({how}); starting a replacement")
         r, w = os.pipe()
         self._start(w)
         os.close(w)
@@ -205,7 +273,7 @@ def local_workers(spool, now=None):
 
 
 def _live(spool, wid, now, lease):
-    return here(wid) and not holder_is_dead(spool, wid, now, lease)
+    return here(wid) and not holder_is_dead(spool, wid, spool.fs_now(now), lease)
 
 
 def whose(workers):
@@ -224,33 +292,160 @@ def whose(workers):
     )
 
 
-def stop(spool, poll=0.05, say=None):
-    """Ask every worker of this spool in this PID namespace to finish its job and exit, whatever
-    the host name is now; say whose they are; wait until they have exited. Returns how many.
-    Raises QueuectlError if some may not be signalled (another user's)."""
-    say = say or (lambda msg: print(msg, file=sys.stderr))
+class _Target:
+    """A worker `worker stop` is stopping, with what it reports about it."""
+
+    def __init__(self, spool, wid, pid, uid):
+        self.spool, self.wid, self.pid = spool, wid, pid
+        self.user = _user_name(uid)
+        self.supervisor = _live_here((spool.read_heartbeat(wid) or {}).get("supervisor"))
+        self.lease = Watched(spool.config_path)["lease-seconds"]
+
+    def alive(self):
+        return _live(self.spool, self.wid, time.time(), self.lease)
+
+    def took_request(self, spool):
+        """Has the worker taken a stop request (its heartbeat says so), or is it gone?"""
+        return not self.alive() or "stopping_since" in (spool.read_heartbeat(self.wid) or {})
+
+    def stopping_now(self, spool):
+        """Is the worker stopping its job (its heartbeat says so), or gone?"""
+        return not self.alive() or (spool.read_heartbeat(self.wid) or {}).get("stopping_now") is True
+
+    def describe(self, jobs):
+        job = jobs.get(self.wid)
+        return f"pid {self.pid} (user {self.user}, {'job ' + job if job else 'no job'})"
+
+
+def _live_here(wid):
+    """The pid behind worker id WID (a heartbeat's `supervisor`) if it is a live process of this
+    PID namespace."""
+    try:
+        return split_worker_id(wid).pid if here(wid) and liveness(wid) is not False else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _user_name(uid):
+    import pwd
+
+    if uid is None:
+        return "unknown"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _held_jobs(spool):
+    """{worker id: id of the job it runs} from the claims in processing/."""
+    try:
+        return {c.holder: c.job_id for c in spool.claims() if c.op == "run"}
+    except OSError:
+        return {}
+
+
+def _signal(pid, sig, failed):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # RACE: it exited meanwhile; the wait sees it gone
+    except PermissionError:
+        failed.append(pid)
+
+
+def _wait(cond, seconds, poll):
+    end = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(poll)
+    return True
+
+
+def _secs(seconds):
+    return f"{seconds:g} s"
+
+
+def stop(spool, timeout=STOP_TIMEOUT, kill_after=KILL_AFTER, say=None, poll=0.05):
+    """Stop every worker of this spool on this host, and wait until they are gone.
+
+    Each worker (and its supervisor, so that it replaces none) gets one SIGTERM: it finishes its job
+    and exits. Those still running after TIMEOUT seconds get a second SIGTERM: they stop their jobs
+    and put them back in pending/. Those still running KILL_AFTER seconds later get SIGKILL (their
+    jobs' processes too): their jobs stay claimed until recovery counts them as lost. SAY(line) is
+    told each escalation. Returns (workers found, 0 if all stopped within TIMEOUT, else 1)."""
+    say = say or (lambda line: print(f"queuectl: {line}", file=sys.stderr))
     workers = local_workers(spool)
-    if not workers:
+    targets = [_Target(spool, wid, pid, uid) for wid, pid, uid in workers]
+    if not targets:
         elsewhere = sum(1 for wid in spool.worker_ids() if not here(wid))
         if elsewhere:
-            say(f"queuectl: {elsewhere} worker(s) registered from other PID namespaces (other hosts or containers) or by an older queuectl: stop them there")
-        return 0
-    say(f"queuectl: stopping {whose(workers)}")
-    denied = []
-    for worker in workers:
-        try:
-            os.kill(worker[1], signal.SIGTERM)
-        except ProcessLookupError:
-            pass  # RACE: it exited meanwhile; the wait below sees it gone
-        except PermissionError:
-            denied.append(worker)
-    remaining = {wid for wid, _, _ in workers} - {wid for wid, _, _ in denied}
-    lease = Watched(spool.config_path)["lease-seconds"]
-    while remaining:
-        remaining = {wid for wid in remaining if _live(spool, wid, time.time(), lease)}
-        if remaining:
-            time.sleep(poll)
-    if denied:
-        stopped = len(workers) - len(denied)
-        raise QueuectlError(f"{stopped} worker(s) stopped; not permitted to stop {whose(denied)}: run `worker stop` as that user or as root")
-    return len(workers)
+            say(f"{elsewhere} worker(s) registered from other PID namespaces (other hosts or containers) or by an older queuectl: stop them there")
+        return 0, 0
+    mine = {p for p, _, _ in lineage(os.getpid()) or []}
+    if any(t.pid in mine for t in targets):
+        raise QueuectlError("worker stop was run by a job of this spool's workers: a job cannot stop the pool it runs in")
+    say(f"stopping {whose(workers)}")
+    failed = []
+    supervisors = set()
+    for t in targets:
+        if t.supervisor and t.supervisor not in supervisors:
+            supervisors.add(t.supervisor)
+            _signal(t.supervisor, signal.SIGTERM, [])  # it replaces no worker from now on, and passes the request on
+        _signal(t.pid, signal.SIGTERM, failed)
+    code = 0
+    if failed:
+        say(
+            f"not permitted to stop {whose([w for w in workers if w[1] in failed])}: "
+            f"{', '.join(t.describe(_held_jobs(spool)) for t in targets if t.pid in failed)}; run `worker stop` as that user or as root"
+        )
+        code = 1
+    left = [t for t in targets if t.pid not in failed]
+    if _wait(lambda: not any(t.alive() for t in left), timeout, poll):
+        return len(targets), code
+    # a request not read yet (--timeout 0) would merge with the second one: wait until the workers
+    # have taken it (idle ones are gone by then)
+    _wait(lambda: all(t.took_request(spool) for t in left), 1.0, poll)
+    left = [t for t in left if t.alive()]
+    if not left:
+        return len(targets), code
+    jobs = _held_jobs(spool)
+    say(
+        f"after {_secs(timeout)}, {len(left)} worker(s) still running; sent a second SIGTERM, "
+        f"to stop their jobs and put them back in pending/: {', '.join(t.describe(jobs) for t in left)}"
+    )
+    # a worker stops its job on a second request from one sender; our first may have merged with
+    # the supervisor's (two pending SIGTERMs are one): send again until it says it stops its job
+    end = time.monotonic() + kill_after
+    for _ in range(3):
+        for t in left:
+            if not t.stopping_now(spool):
+                _signal(t.pid, signal.SIGTERM, [])
+        if _wait(lambda: all(t.stopping_now(spool) for t in left), min(0.5, max(0.0, end - time.monotonic())), poll):
+            break
+    if not _wait(lambda: not any(t.alive() for t in left), max(0.0, end - time.monotonic()), poll):
+        left = [t for t in left if t.alive()]
+        jobs = _held_jobs(spool)
+        say(
+            f"{_secs(kill_after)} later, {len(left)} worker(s) still running; sent SIGKILL: "
+            f"{', '.join(t.describe(jobs) for t in left)}; their jobs stay claimed in processing/ until recovery counts them as lost"
+        )
+        for t in left:
+            _signal(t.pid, signal.SIGKILL, [])
+        _kill_jobs_of(spool, {t.wid for t in left})
+        if not _wait(lambda: not any(t.alive() for t in left), 5.0, poll):
+            say(f"still running after SIGKILL: {', '.join(t.describe(jobs) for t in left if t.alive())}")
+    return len(targets), 1
+
+
+def _kill_jobs_of(spool, wids):
+    """Kill what the jobs of these SIGKILLed workers left running (recovery would, later)."""
+    from queuectl.recovery import kill_orphans
+
+    try:
+        claims = [c for c in spool.claims() if c.op == "run" and c.holder in wids]
+    except OSError:
+        return
+    for c in claims:
+        kill_orphans(c.name)

@@ -35,6 +35,7 @@ class Finished:
             error=a.error,
             worker=wid,
             log=self.log,
+            notes=a.notes,
             base=settings["backoff-base"],
             maximum=settings["backoff-max"],
         )

@@ -4,6 +4,7 @@ The worker stays single-threaded: it waits for the child with a pidfd (or a shor
 is none) so that it can refresh its heartbeat, enforce the timeout and react to a stop signal.
 """
 
+import contextlib
 import errno
 import os
 import select
@@ -17,8 +18,8 @@ CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job 
 
 Spec = namedtuple(
     "Spec",
-    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain",
-    defaults=(None, 0, None, None, None, None, None, None),
+    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain on_spawn",
+    defaults=(None, 0, None, None, None, None, None, None, None),
 )
 Spec.__doc__ = """One attempt to run.
 
@@ -28,15 +29,16 @@ seconds, or None. on_tick() is called about every `tick` seconds while the job r
 settings); should_abort() returning True stops the job's whole process group (a second stop
 signal); after_spawn() runs once the job has started (the worker settles earlier results
 meanwhile). Both may return how many seconds they want the next call in, when sooner than a tick.
-wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short. contain: the worker's
-containment (contain.py), which also stops, and at the end of the attempt kills, whatever the job
-started outside its process group; None: the process group only."""
+on_spawn(pid) is told the job's pid as soon as it exists (the worker tells its job's stop signals
+from others'). wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short. contain: the
+worker's containment (contain.py), which also stops, and at the end of the attempt kills, whatever
+the job started outside its process group; None: the process group only."""
 
 
 class Attempt:
     """The outcome of one attempt: exit_code (None unless the command ran to an exit) and error."""
 
-    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error", "leftovers")
+    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error", "leftovers", "notes")
 
     def __init__(self, started):
         self.started = started
@@ -47,6 +49,7 @@ class Attempt:
         self.log_written = False
         self.log_error = None
         self.leftovers = 0  # processes the job left running when its shell ended (killed then)
+        self.notes = ()  # remarks for the attempt's history entry (e.g. stop signals it sent its worker)
 
 
 def spawn(command, env, cwd, out_fd):
@@ -65,20 +68,36 @@ def spawn(command, env, cwd, out_fd):
             # like Popen's restore_signals: Python ignores SIGPIPE/SIGXFSZ, and an ignored signal
             # survives exec, so `yes | head -1` would never end in a job
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsigmask=(),  # the worker blocks SIGTERM and SIGINT (stopsignals.py); the job starts with none blocked
         )
     import subprocess  # only jobs with a cwd pay for it: posix_spawn has no chdir
 
-    proc = subprocess.Popen(
-        ["/bin/sh", "-c", command],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=out_fd,
-        stderr=out_fd,
-        start_new_session=True,
-    )
+    with _empty_sigmask():  # Popen has no setsigmask: the child inherits this thread's mask
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            start_new_session=True,
+        )
     proc.returncode = 0  # we reap it ourselves: keep Popen's __del__ from waiting on it
     return proc.pid
+
+
+@contextlib.contextmanager
+def _empty_sigmask():
+    """No signal blocked in this thread meanwhile (a stop signal that comes then reaches the
+    worker's Python handler, from an unknown sender)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def seal_inherited_fds():
@@ -271,6 +290,8 @@ def run(spec):
         return attempt
     finally:
         os.close(pump.write_end)
+    if spec.on_spawn is not None:
+        spec.on_spawn(pid)
     waiter = Waiter(pid, spec.wakeup_fd, pump)
     tick = spec.tick or 3600.0
     sooner = spec.after_spawn() if spec.after_spawn is not None else None

@@ -502,6 +502,16 @@ class Spool:
         fsio.write_file(tmp, data, self.file_mode, sync=False)
         os.rename(tmp, self._path("workers", L.heartbeat_name(wid)))
 
+    def read_heartbeat(self, wid):
+        """The JSON object in workers/WID.json, or None (gone, being replaced, or not a heartbeat)."""
+        import json
+
+        try:
+            data = json.loads(fsio.read_regular(self._path("workers", L.heartbeat_name(wid)), 1 << 16))
+        except (OSError, ValueError, JobInvalid):
+            return None
+        return data if isinstance(data, dict) else None
+
     def heartbeat_leftovers(self):
         """[(name, worker id)] of heartbeat temporary files (a worker died while writing one)."""
         out = []

@@ -7,7 +7,13 @@ the worker sleeps.
 
 Each step lives where it belongs: names and renames in spool.py, intake of new files in
 intake.py, lost workers in recovery.py, the attempt itself in runner.py, its meaning in policy.py,
-settling in results.py, file-system faults in faults.py.
+settling in results.py, file-system faults in faults.py, stop signals (and who sent them) in
+stopsignals.py, log lines that never block in logsink.py, the job's processes in contain.py.
+
+A job cannot stop its worker: a stop signal sent by the job, by any process the worker started, or
+by any process of the pool (another worker's job) is ignored, logged once and noted in the
+attempt's history. A stopping worker ends promptly: results the disk refuses are tried for
+STOP_SETTLE seconds, then their jobs stay claimed (recovery counts those attempts as lost).
 """
 
 import errno
@@ -16,8 +22,8 @@ import os
 import select
 import signal
 import stat
-import sys
 import time
+from collections import deque
 
 from queuectl import layout as L
 from queuectl import contain, policy, runner
@@ -26,17 +32,22 @@ from queuectl.errors import JobInvalid
 from queuectl.faults import Faults
 from queuectl.intake import Intake
 from queuectl.job import read_limit
-from queuectl.procs import hostname
+from queuectl.logsink import LogSink
+from queuectl.procs import hostname, worker_id
 from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
 from queuectl.settings import Watched
 from queuectl.spool import TAKEN_OVER
+from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
 from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
+STOP_SETTLE = 3.0  # seconds a stopping worker keeps trying to store finished results on a faulty disk
+JOB_SLACK = 1.0  # seconds after its job ended that a stop signal from a vanished sender is still the job's
+PID_SLACK = 60.0  # seconds after its job ended that a stop signal from the job's pid is still the job's
 
 
 def attempt_env(base, job, spool_root, claim):
@@ -54,13 +65,42 @@ def attempt_env(base, job, spool_root, claim):
     return env
 
 
+class _Run:
+    """A job's run, to tell the stop signals it sends its worker from anyone else's."""
+
+    __slots__ = ("job_id", "pid", "started", "ended", "ignored", "logged")
+
+    def __init__(self, job_id):
+        self.job_id = job_id
+        self.pid = None  # known once spawned
+        self.started = time.monotonic()
+        self.ended = None
+        self.ignored = []  # (signal name, sender pid, why)
+        self.logged = False
+
+    def covers(self, at, slack=JOB_SLACK):
+        return self.started <= at and (self.ended is None or at <= self.ended + slack)
+
+    def notes(self):
+        if not self.ignored:
+            return ()
+        shown = ", ".join(f"{name} from pid {pid} ({why})" for name, pid, why in self.ignored[:5])
+        more = f" and {len(self.ignored) - 5} more" if len(self.ignored) > 5 else ""
+        return (f"ignored {len(self.ignored)} stop signal(s) sent to its worker: {shown}{more}; a job cannot stop its worker",)
+
+
 class Worker:
-    def __init__(self, spool, burst=False, ready_fd=None, stats_fd=None):
+    def __init__(self, spool, burst=False, ready_fd=None, stats_fd=None, supervisor=None):
         self.spool = spool
         self.burst = burst
         self.ready_fd = ready_fd
         self.stats_fd = stats_fd
-        self.stop_requests = 0
+        self.supervisor = supervisor  # its supervisor's pid: the pool's processes cannot stop it either
+        self.requests = Requests()
+        self.signals = None
+        self.runs = deque(maxlen=8)  # the latest jobs' runs (_Run), newest last
+        self._ignored_logged_at = -3600.0
+        self.sink = LogSink(note=lambda text: self._line(text))
         self.counts = dict.fromkeys(L.OUTCOMES, 0)
         self.index = DueIndex()
         self.faults = Faults(self.log)
@@ -69,15 +109,21 @@ class Worker:
         self.intake = Intake(spool, self.index, self.settings, self.log)
         self.recovery = Recovery(spool, self.settings, self.log)
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
-        self.wid = self.wake_r = self.started_at = self.base_env = self._pending_ino = self.contain = None
+        self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
+        self._supervisor_id = None
         self._watch_at = self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
 
+    @property
+    def stop_requests(self):
+        """0: running; 1: finish the running job, then exit; 2: stop the running job too."""
+        return self.requests.level
+
     def run(self):
         self.setup()
         try:
-            while not self.stop_requests:
+            while not self.take_signals():
                 # NOW (the wall clock) says which jobs are due; MONO (monotonic) runs every
                 # timer of the worker's own, so that a clock step neither fires nor stalls them
                 now, mono = time.time(), time.monotonic()
@@ -105,13 +151,15 @@ class Worker:
     def setup(self):
         self.spool.ensure()
         self.wid = self.spool.wid
-        self.wake_r, wake_w = os.pipe()
+        self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.signals = StopSignals(self.wake_w)
+        self.signals.start()  # before watchdog starts its threads: they inherit the signal mask
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if self.supervisor:
+            self._supervisor_id = worker_id(self.supervisor)
         self._watch_at = time.monotonic() + WATCH_DELAY
         self._pending_ino = self.spool.stat("pending", ".").st_ino
         self.started_at = iso(time.time())
@@ -124,14 +172,73 @@ class Worker:
             os.close(self.ready_fd)
         self.log(f"started; jobs contained by: {self.contain.describe()}{contain_note}")
 
-    def _on_signal(self, signum, frame):
-        self.stop_requests += 1
+    def take_signals(self):
+        """Judge the stop signals received since the last look; returns stop_requests.
+
+        A request from outside the worker's jobs counts (per sender: see stopsignals.Requests)
+        and is acknowledged in the heartbeat; one from a job, or from the pool, is ignored."""
+        if self.signals is None:
+            return self.requests.level
+        for sent in self.signals.take():
+            source = self._from_job(sent)
+            name, who = signame(sent.signo), "an unknown process" if sent.pid is None else f"pid {sent.pid}"
+            if source is not None:
+                self._ignore(sent, *source)
+                continue
+            if self.requests.add(sent.pid):
+                what = "finishing the running job, then exiting" if self.requests.level == 1 else "stopping the running job now"
+                self.log(f"{name} from {who}: {what}")
+            self.heartbeat(time.monotonic(), force=True)  # says who asked: a second `worker stop` sees it
+        return self.requests.level
+
+    def _from_job(self, sent):
+        """(why, _Run or None) if SENT came from one of the worker's jobs or the pool; None if
+        from outside (the supervisor, an operator, `worker stop`): a stop request."""
+        me = os.getpid()
+        if sent.pid is None or sent.pid in (0, me) or sent.pid == self.supervisor:
+            return None  # unknown (no sigwaitinfo), the kernel, another pid namespace, the supervisor
+        current = next((r for r in reversed(self.runs) if r.covers(sent.at)), None)
+        for run in reversed(self.runs):
+            if run.pid is not None and run.pid == sent.pid and run.covers(sent.at, PID_SLACK):
+                return "the job", run
+        if sent.lineage is None:  # gone before it could be looked at: kill(1), a subshell...
+            return ("gone before it could be identified, while the job ran", current) if current else None
+        _, pgid, sid = sent.lineage[0]
+        for run in reversed(self.runs):
+            if run.pid is not None and run.pid in (pgid, sid):
+                return "a process of the job", run
+        if descends_from(sent, me):
+            return "a process the worker started", current or (self.runs[-1] if self.runs else None)
+        if self.supervisor and descends_from(sent, self.supervisor):
+            return "a process of the pool", None  # another worker's job: not this job's doing
+        return None
+
+    def _ignore(self, sent, why, run):
+        name = signame(sent.signo)
+        if run is not None:
+            run.ignored.append((name, sent.pid, why))
+            if run.logged:
+                return
+            run.logged = True
+            self.log(f"job {run.job_id}: {name} from pid {sent.pid} ({why}) ignored: a job cannot stop its worker")
+            return
+        now = time.monotonic()
+        if now - self._ignored_logged_at >= 60:
+            self._ignored_logged_at = now
+            self.log(f"{name} from pid {sent.pid} ({why}) ignored: a job cannot stop its worker")
 
     def heartbeat(self, mono, force=False):
         if mono < self._next_heartbeat and not force:
             return
         self._next_heartbeat = mono + self.settings["heartbeat-seconds"]
         data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": self.started_at, "heartbeat_at": iso(time.time())}
+        if self._supervisor_id:
+            data["supervisor"] = self._supervisor_id
+        if self.requests.level:
+            data["stopping_since"] = iso(self.requests.since)
+            data["stop_requested_by"] = self.requests.senders()
+            if self.requests.level >= 2:
+                data["stopping_now"] = True
         self.guard("write heartbeat", self.spool.write_heartbeat, self.wid, json.dumps(data).encode())
 
     def recover(self, mono):
@@ -230,6 +337,8 @@ class Worker:
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
             self.guard("release a job", self.spool.put_back, claim)
             return
+        run = _Run(job["id"])
+        self.runs.append(run)
         spec = runner.Spec(
             command=job["command"],
             env=attempt_env(self.base_env, job, self.spool.root, claim),
@@ -240,9 +349,10 @@ class Worker:
             tick=self.settings["heartbeat-seconds"],
             wakeup_fd=self.wake_r,
             on_tick=self._tick,
-            should_abort=lambda: self.stop_requests >= 2,
+            should_abort=lambda: self.take_signals() >= 2,
             after_spawn=self.settle_if_due,
             contain=self.contain,
+            on_spawn=lambda pid: setattr(run, "pid", pid),
         )
         try:
             attempt = runner.run(spec)
@@ -250,6 +360,10 @@ class Worker:
             self.fault(f"start job {job['id']}", e)
             self.guard("release a job", self.spool.put_back, claim)
             return
+        finally:
+            run.ended = time.monotonic()
+        self.take_signals()  # what the job sent just before it ended goes in its history too
+        attempt.notes = run.notes()
         if attempt.leftovers:
             self.log(f"job {job['id']}: killed {attempt.leftovers} process(es) it left running")
         if attempt.log_error is not None:
@@ -268,6 +382,8 @@ class Worker:
         mono = time.monotonic()
         self.refresh_settings(mono)
         self.heartbeat(mono)
+        if self.sink.pending:
+            self.sink.flush()
         return self.settle_if_due()
 
     def refresh_settings(self, mono):
@@ -331,25 +447,33 @@ class Worker:
         self.pause(timeout)
 
     def pause(self, timeout):
+        # log lines waiting for a reader (logsink.py) go out as soon as the reader makes room
+        out = [self.sink.fileno()] if self.sink.pending and self.sink.fileno() is not None else []
         try:
             fds = [self.wake_r] if self.watcher is None else [self.watcher.rfd, self.wake_r]
-            ready, _, _ = select.select(fds, [], [], timeout)
+            ready, writable, _ = select.select(fds, out, [], timeout)
         except InterruptedError:
-            ready = []
+            ready = writable = []
         if self.watcher is not None and self.watcher.rfd in ready:
             self.watcher.clear()
         runner.drain_wakeup(self.wake_r)
+        if writable:
+            self.sink.flush()
 
     def teardown(self):
-        # results wait for a disk that refuses them; after a second stop signal, for 5 s at most
-        # (their claims stay, and recovery will count those attempts as lost)
-        give_up = None
+        # results wait for a disk that refuses them STOP_SETTLE seconds at most (not at all after
+        # a second stop request): then their jobs stay claimed, and recovery counts them as lost
+        give_up = time.monotonic() + STOP_SETTLE
         while not self.settle():
-            if self.stop_requests >= 2:
-                give_up = give_up or time.monotonic() + 5.0
-                if time.monotonic() > give_up:
-                    break
-            self.pause(self.faults.delay)
+            left = give_up - time.monotonic()
+            if left <= 0 or self.take_signals() >= 2:
+                ids = ", ".join(sorted({i.job["id"] for i in self.unsettled.items}))
+                self.log(
+                    f"stopping without the results of {len(self.unsettled)} finished attempt(s), which the disk refuses: "
+                    f"job(s) {ids} stay claimed in processing/; the next worker's recovery counts them as lost and runs them again"
+                )
+                break
+            self.pause(min(self.faults.delay, left))
         if self.watcher is not None:
             self.watcher.stop()
         if self.contain is not None:
@@ -359,6 +483,9 @@ class Worker:
         self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
         if self.stats_fd is not None:
             os.write(self.stats_fd, (json.dumps(self.counts) + "\n").encode())
+        if self.signals is not None and self.supervisor is None:
+            self.signals.close()  # run inside another program: give it its signals back
+        self.sink.close(timeout=0.5)
 
     # -- faults and logging -------------------------------------------------------------------
 
@@ -374,12 +501,12 @@ class Worker:
         self.faults.report(action, error)
         self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile (both monotonic)
 
+    def _line(self, msg):
+        return f"{iso(time.time())} queuectl worker {self.spool.wid}: {msg}\n"
+
     def log(self, msg):
-        try:
-            sys.stderr.write(f"{iso(time.time())} queuectl worker {self.spool.wid}: {msg}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        """One line on stderr; never blocks (a full pipe drops lines, counted: logsink.py)."""
+        self.sink.write(self._line(msg))
 
 
 def _describe(job):
