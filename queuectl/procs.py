@@ -10,7 +10,6 @@ judges by the lease (recovery.holder_is_dead). A guess is never "dead".
 """
 
 import functools
-import hashlib
 import os
 import re
 
@@ -36,7 +35,20 @@ def namespace():
         key = b"%s:%d:%d" % (boot, st.st_dev, st.st_ino)
     except OSError:
         key = b"host:" + os.uname().nodename.encode()
-    return hashlib.sha256(key).hexdigest()[:8]
+    return _sha256(key).hexdigest()[:8]
+
+
+def _sha256(data):
+    # CPython's own SHA-256 module loads in a third of the time hashlib takes to set up OpenSSL,
+    # and every CLI call that writes a file names its worker id
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
 
 
 @functools.lru_cache(maxsize=None)
