@@ -127,6 +127,10 @@ class Recovery:
             name = self.spool.reject(claim, f"claimed job file is broken: {e}", now)
             self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")
             return
+        if job.get("state") == "dead":  # a `dlq retry` of the version before claim operations
+            if self.spool.finish(claim, job) is not None:  # (its claim looked like a run's)
+                self.log(f"put job {job['id']} back in dead/ (interrupted dlq retry of an older queuectl by {holder})")
+            return
         job, nb = policy.record_attempt(
             job,
             started=claimed_at,

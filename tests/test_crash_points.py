@@ -553,6 +553,22 @@ def test_claim_whose_pid_now_belongs_to_another_process_is_recovered(tmp_path):
     check(ctx, Expect(DONE, "completed", 2, None), "after a burst worker")
 
 
+def test_an_interrupted_dlq_retry_of_the_previous_version_goes_back_to_dead(tmp_path):
+    """Before claims recorded their operation, `dlq retry` claimed dead/ID.json under a run-shaped
+    name (TIME_ID@WORKER.json): a spool upgraded with one such claim left must not count it as a
+    lost attempt of a dead job."""
+    ctx = Ctx(tmp_path)
+    make_dead(ctx, {"id": "j1", "command": "true"})
+    me = procs.split_worker_id(procs.worker_id(os.getpid()))
+    gone = layout.worker_name(me.host, me.pid, me.start + 1, me.ns)  # a process that no longer runs
+    old_claim = layout.claim_name("run", layout.pending_name(time.time(), "j1"), gone)
+    os.rename(os.path.join(ctx.root, "dead", "j1.json"), os.path.join(ctx.root, "processing", old_claim))
+
+    log = recover(ctx.root)
+
+    check(ctx, Expect(DEAD, "dead", 1, "exited with status 1", _no_previous_run), f"after recovery ({log})")
+
+
 def test_claims_of_live_processes_are_left_alone_until_they_die(tmp_path):
     ctx = Ctx(tmp_path)
     enqueue(ctx, {"id": "j1", "command": "true"})
