@@ -159,19 +159,20 @@ def worker_start(ctx, count, burst, detach):
 
 
 class Duration(click.ParamType):
-    """Seconds: a bare number, or a number with a unit (ms, s, m, h): 90, 1.5s, 5m, 1h."""
+    """Seconds: a bare number, or a number with a unit (ms, s, m, h, d): 90, 1.5s, 15m, 2h, 7d.
+    The one parser of every DURATION option (worker stop, wait, list --since)."""
 
     name = "duration"
-    UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
     def convert(self, value, param, ctx):
         import re
 
         if isinstance(value, (int, float)):
             return float(value)
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", value)
+        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*", value)
         if not m:
-            self.fail(f"{value!r} is not a duration: seconds (90), or with a unit (1.5s, 5m, 1h)", param, ctx)
+            self.fail(f"{value!r} is not a duration: seconds (90), or with a unit (1.5s, 15m, 2h, 7d)", param, ctx)
         return float(m.group(1)) * self.UNITS[m.group(2)]
 
 
@@ -228,33 +229,41 @@ def status(ctx, as_json):
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATE_NAMES), help="Only jobs in this state.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
-@click.option("--limit", type=click.IntRange(0), help="At most this many jobs.")
+@click.option("--id", "id_glob", metavar="GLOB", help="Only jobs whose id matches GLOB (shell wildcards: 'backup-*'; rejected files: their name).")
+@click.option("--since", type=Duration(), metavar="DURATION", help="Only jobs created within DURATION (30s, 15m, 2h, 7d; rejected files: rejected within it).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs (times absolute: started_at, finished_at, next_run_at).")
+@click.option("--limit", type=click.IntRange(0), help="At most this many jobs (after the filters).")
 @click.pass_context
-def list_(ctx, state, as_json, limit):
-    """Jobs, oldest first.
+def list_(ctx, state, id_glob, since, as_json, limit):
+    """Jobs, oldest first, with when their latest attempt started and finished and when they run next.
 
     \b
     Example:
       queuectl list --state failed --limit 20
+      queuectl list --id 'backup-*' --since 2h --json
     """
     from queuectl import views
+    from queuectl.timeutil import now
 
-    items = views.listing(_spool(ctx), state, limit)
+    t = now()
+    items = views.listing(_spool(ctx), state, limit, id_glob=id_glob, since=since, now=t)
     if as_json:
         _emit_json(items)
     else:
-        _print_table(items)
+        _print_table(items, t)
     return 0
 
 
-def _print_table(items):
+def _print_table(items, now):
+    from queuectl.views import relative
+
     for j in items:
         if j["state"] == "rejected":
             click.echo(f"{j['name']!r:<40} rejected   {j['reason'] or ''}")
             continue
         err = j.get("last_error") or ""
-        click.echo(f"{j['id']:<28} {j['state']:<10} attempts {j.get('attempts', 0)}/{1 + j.get('max_retries', 0)}  {j['command'][:40]!r}  {err[:60]}".rstrip())
+        times = f"started {relative(j.get('started_at'), now):<11} finished {relative(j.get('finished_at'), now):<11} next {relative(j.get('next_run_at'), now):<11}"
+        click.echo(f"{j['id']:<28} {j['state']:<10} attempts {j.get('attempts', 0)}/{1 + j.get('max_retries', 0)}  {times} {j['command'][:40]!r}  {err[:60]}".rstrip())
 
 
 @cli.command()
@@ -275,23 +284,96 @@ def show(ctx, job_id):
 
 @cli.command()
 @click.argument("job_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Follow the running attempt's output as it grows; exit with its outcome.")
+@click.option("--attempt", "attempt", type=click.IntRange(1), metavar="N", help="Attempt N's log (N counts every attempt the job had, across dlq retry).")
+@click.option("--all", "all_", is_flag=True, help="Every attempt's log, each under a line '== attempt N (exit X, started T) =='.")
 @click.pass_context
-def logs(ctx, job_id):
-    """The captured stdout and stderr of a job's latest attempt.
+def logs(ctx, job_id, follow, attempt, all_):
+    """The captured stdout and stderr of a job's latest attempt (or of another, or all of them).
+
+    With -f, the output of the running attempt is printed as it is written, and the exit status
+    is the attempt's outcome: 0 if it succeeded, else its exit code (1 when it has none: a
+    timeout, a lost worker). A job that is not running: its latest log and outcome; a job that
+    has not run yet: its first attempt, once it starts.
 
     \b
     Example:
       queuectl logs backup-1
+      queuectl logs -f backup-1 && echo backup ok
+      queuectl logs --attempt 2 backup-1
+      queuectl logs --all backup-1
     """
     from queuectl import views
 
-    data = views.latest_log(_spool(ctx), job_id)
-    if data is None:
-        click.echo(f"queuectl: job {job_id}: no output (it has not run yet, or its latest attempt printed nothing)", err=True)
+    if sum(map(bool, (follow, attempt is not None, all_))) > 1:
+        raise BadInput("use one of -f/--follow, --attempt and --all")
+    spool = _spool(ctx)
+    out = sys.stdout.buffer
+    if follow:
+        return _follow(spool, job_id)
+    if all_:
+        for header, data in views.all_logs(spool, job_id):
+            out.write(header.encode() + b"\n")
+            if data:
+                out.write(data if data.endswith(b"\n") else data + b"\n")
+        out.flush()
         return 0
-    sys.stdout.buffer.write(data)
-    sys.stdout.flush()
+    if attempt is not None:
+        data = views.attempt_log(spool, job_id, attempt)
+        what = f"attempt {attempt} printed nothing"
+    else:
+        data = views.latest_log(spool, job_id)
+        what = "it has not run yet, or its latest attempt printed nothing"
+    if data is None:
+        click.echo(f"queuectl: job {job_id}: no output ({what})", err=True)
+        return 0
+    out.write(data)
+    out.flush()
     return 0
+
+
+def _follow(spool, job_id):
+    import time
+
+    from queuectl import views
+    from queuectl.watch import FolderEvents
+
+    def write(data):
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+    events = FolderEvents([spool.folder_path(f) for f in views.LOGS_FOLDERS]).start()
+    try:
+        return views.follow(spool, job_id, write, events, time.monotonic, lambda text: click.echo(f"queuectl: {text}", err=True))
+    finally:
+        events.stop()
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--timeout", type=Duration(), metavar="DURATION", help="Give up after DURATION (30s, 15m, 2h, 7d): exit 124.")
+@click.pass_context
+def wait(ctx, ids, timeout):
+    """Wait until every job given is completed or dead.
+
+    Exit status 0 if all completed; 1 if any is dead or unknown (one line each on stderr); 124 if
+    --timeout passed first. It sleeps on file-system events, not polling.
+
+    \b
+    Example:
+      queuectl wait backup-1 report --timeout 2h && echo all done
+    """
+    import time
+
+    from queuectl import views
+    from queuectl.watch import FolderEvents
+
+    spool = _spool(ctx)
+    events = FolderEvents([spool.folder_path(f) for f in views.WAIT_FOLDERS]).start()
+    try:
+        return views.wait_jobs(spool, ids, events, time.monotonic, lambda text: click.echo(f"queuectl: {text}", err=True), timeout=timeout)
+    finally:
+        events.stop()
 
 
 @cli.group()
@@ -317,11 +399,14 @@ def dlq_list(ctx, as_json):
     """
     from queuectl import views
 
-    items = views.listing(_spool(ctx), "dead")
+    from queuectl.timeutil import now
+
+    t = now()
+    items = views.listing(_spool(ctx), "dead", now=t)
     if as_json:
         _emit_json(items)
     else:
-        _print_table(items)
+        _print_table(items, t)
     return 0
 
 

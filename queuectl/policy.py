@@ -125,3 +125,24 @@ def attempt_seq(job):
     """
     earlier = sum(r.get("attempts") or 0 for r in job.get("previous_runs") or [])
     return earlier + (job.get("attempts") or 0) + 1
+
+
+def numbered_attempts(job):
+    """[(n, history entry)] of the attempts the job still records, oldest first, where n numbers
+    the attempt over the job's whole life as attempt_seq does (its log is `ID.n.log`): an entry's
+    `attempt` counts within its round, the rounds before it add their `attempts`."""
+    out, earlier = [], 0
+    for run in job.get("previous_runs") or []:
+        out.extend((earlier + (h.get("attempt") or 0), h) for h in run.get("history") or [])
+        earlier += run.get("attempts") or 0
+    out.extend((earlier + (h.get("attempt") or 0), h) for h in job.get("history") or [])
+    return out
+
+
+def outcome_status(entry):
+    """An ended attempt's history ENTRY as an exit status: 0 if it succeeded, else its exit code
+    when that is 1-255, else 1 (killed by a timeout, lost worker, could not start...)."""
+    code = entry.get("exit_code")
+    if code == 0 and entry.get("error") is None:
+        return 0
+    return code if isinstance(code, int) and 1 <= code <= 255 else 1

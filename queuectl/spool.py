@@ -449,6 +449,15 @@ class Spool:
                 return "pending", name, None
         return None
 
+    def final_folder(self, job_id):
+        """"done" or "dead" when job ID is there, else None: two lookups, whatever the spool holds."""
+        if not jobdoc.valid_id(job_id):
+            return None
+        for folder in L.FINAL_FOLDERS:
+            if os.path.lexists(self._path(folder, L.final_name(job_id))):
+                return folder
+        return None
+
     def load(self, job_id):
         """(folder, name, Claim or None, job) for ID. Raises NotFound."""
         for _ in range(2):
@@ -475,13 +484,15 @@ class Spool:
     def logs_writable(self):
         return os.access(self._dir("logs"), os.W_OK)
 
-    def read_log(self, name):
-        """The bytes of logs/NAME, or None when there is none. NAME comes from a job file: only a
-        log's name is looked up, never a path."""
+    def read_log(self, name, offset=0):
+        """The bytes of logs/NAME from OFFSET on, or None when there is none. NAME comes from a job
+        file: only a log's name is looked up, never a path."""
         if not L.LOG_RE.match(name):
             return None
         try:
             with open(self._path("logs", name), "rb") as f:
+                if offset:
+                    f.seek(offset)
                 return f.read()
         except FileNotFoundError:
             return None

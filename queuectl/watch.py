@@ -1,4 +1,5 @@
-"""Wake-ups for an idle worker: watchdog (inotify) events on pending/, through a pipe.
+"""Wake-ups on file-system events (watchdog: inotify): an idle worker's on pending/, through a pipe,
+and FolderEvents for commands that wait on the spool (`wait`, `logs -f`).
 
 The worker sleeps in select() on this pipe and on the signal wakeup pipe, so one loop handles new
 jobs, timers and stop signals without polling.
@@ -122,4 +123,63 @@ class PendingWatcher:
             try:
                 os.close(fd)
             except OSError:
+                pass
+
+
+class FolderEvents:
+    """Wake-ups for a command that waits on the spool (`wait`, `logs -f`): any file-system event in
+    FOLDERS (inotify through watchdog) sets a flag that wait() returns on. The caller re-checks
+    the spool itself after each wake-up, and on wait()'s timeout (a safety re-check): events only
+    say when to look, never what is true."""
+
+    def __init__(self, folders):
+        import threading
+
+        self.folders = list(folders)
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._changed = set()
+        self._observer = None
+
+    def start(self):
+        _no_move_pairing_delay()  # a job renamed into done/ must wake us now, not 0.5 s later
+        import logging
+
+        logging.getLogger("watchdog").setLevel(logging.CRITICAL)
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        events = self
+
+        class Handler(FileSystemEventHandler):
+            def __init__(self, folder):
+                super().__init__()
+                self.folder = folder
+
+            def on_any_event(self, event):
+                with events._lock:
+                    events._changed.add(self.folder)
+                events._event.set()
+
+        self._observer = Observer()
+        for folder in self.folders:
+            self._observer.schedule(Handler(folder), folder, recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        return self
+
+    def wait(self, timeout):
+        """Block until an event or TIMEOUT seconds; the set of folders that changed (maybe empty)."""
+        self._event.wait(timeout)
+        with self._lock:
+            self._event.clear()
+            changed, self._changed = self._changed, set()
+        return changed
+
+    def stop(self):
+        if self._observer is not None:
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=2)
+            except Exception:  # a failing observer must not turn a clean exit into a crash
                 pass
