@@ -79,7 +79,8 @@ def workers(spool):
 
 
 def status(spool):
-    return {"counts": counts(spool), "workers": workers(spool)}
+    """Counts, live workers, and the pause ({"since", "by"}) or None."""
+    return {"counts": counts(spool), "workers": workers(spool), "paused": spool.pause_info()}
 
 
 def listing(spool, state=None, limit=None):
