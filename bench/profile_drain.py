@@ -35,6 +35,7 @@ def make_spool(n, command="true"):
     d = tempfile.mkdtemp(prefix="queuectl-prof-")
     spool = os.path.join(d, "spool")
     data = "".join(json.dumps({"command": command}) + "\n" for _ in range(n)).encode()
+    subprocess.run([find_queuectl(), "--spool", spool, "init"], stdout=subprocess.DEVNULL, check=True)  # a --spool must exist
     subprocess.run([find_queuectl(), "--spool", spool, "enqueue", "-"], input=data, stdout=subprocess.DEVNULL, check=True)
     return d, spool
 

@@ -18,9 +18,11 @@ def spool_dir():
 
 
 def drop_in(job, spool):
-    """Write JOB to tmp/, fsync it, rename it into pending/, fsync pending/ (spool_layout.md)."""
+    """Write JOB to tmp/, fsync it, rename it into pending/, fsync pending/ (spool_layout.md).
+    The name (the job's id when it gives none) is unique: the time in ns and the pid."""
     for d in ("tmp", "pending"):
-        os.makedirs(os.path.join(spool, d), mode=0o700, exist_ok=True)
+        if not os.path.isdir(os.path.join(spool, d)):  # a typo or an unmounted disk: not a new spool
+            raise SystemExit(f"dropin.py: no spool at {spool}; create it with queuectl init")
     name = f"{job.get('id') or 'job'}.{time.time_ns()}.{os.getpid()}.json"
     tmp = os.path.join(spool, "tmp", name)
     with open(tmp, "w", encoding="utf-8") as f:

@@ -14,9 +14,12 @@ from queuectl.layout import STATE_NAMES
 
 
 def _spool(ctx):
+    """The spool, its missing folders made. An explicit --spool or $QUEUECTL_SPOOL that does not
+    exist is refused (a typo or an unmounted disk must not become a new, empty spool); only the
+    default spool is created on first use (and any spool by `init`)."""
     from queuectl.spool import Spool
 
-    return Spool(ctx.obj["root"]).ensure()
+    return Spool(ctx.obj["root"]).ensure(create=not ctx.obj["explicit"])
 
 
 def _emit_json(data):
@@ -38,14 +41,15 @@ def cli(ctx, root):
     """
     from queuectl.spool import default_root
 
-    ctx.obj = {"root": root or default_root()}
+    ctx.obj = {"root": root or default_root(), "explicit": bool(root)}
 
 
 @cli.command()
 @click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0660).")
 @click.pass_context
 def init(ctx, group):
-    """Create the spool folders (other commands do it on first use); private (0700) by default.
+    """Create the spool folders; private (0700) by default. Other commands create only the default
+    spool on first use: a --spool or $QUEUECTL_SPOOL that does not exist must be made by init.
 
     \b
     Example:
@@ -219,11 +223,71 @@ def status(ctx, as_json):
     if as_json:
         _emit_json(data)
         return 0
+    if data["paused"] is not None:
+        click.echo(f"paused      {_pause_text(data['paused'])}")
     for state, n in data["counts"].items():
         click.echo(f"{state:<11} {n}")
     click.echo(f"workers     {len(data['workers'])}")
     for w in data["workers"]:
         click.echo(f"  {w['id']}  pid {w['pid']}  host {w['host']}  job {w['job'] or '-'}")
+    return 0
+
+
+def _pause_text(info):
+    by = info.get("by")
+    if isinstance(by, dict):
+        by = f"{by.get('user', '?')}@{by.get('host', '?')}"
+    return f"since {info.get('since', '?')}" + (f" by {by}" if by else "")
+
+
+@cli.command()
+@click.pass_context
+def pause(ctx):
+    """Pause the whole spool: running jobs finish, no worker claims a new one until `resume`.
+
+    New jobs are still accepted (enqueue, drop-ins) and wait in pending/. The pause is the file
+    SPOOL/paused: it survives worker restarts and reboots. Already paused: a note, exit 0.
+
+    \b
+    Example:
+      queuectl pause && queuectl status
+    """
+    import getpass
+    import os
+    import time
+
+    from queuectl.procs import hostname
+    from queuectl.timeutil import iso
+
+    spool = _spool(ctx)
+    try:
+        user = getpass.getuser()
+    except Exception:  # no name for this uid (a container without /etc/passwd): the uid will do
+        user = str(os.geteuid())
+    data = {"since": iso(time.time()), "by": {"user": user, "host": hostname()}}
+    if spool.pause(json.dumps(data).encode()):
+        click.echo("queuectl: paused: running jobs finish, nothing new starts until queuectl resume", err=True)
+    else:
+        info = spool.pause_info()
+        click.echo(f"queuectl: already paused{' ' + _pause_text(info) if info else ''}", err=True)
+    return 0
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx):
+    """End a pause: workers claim due jobs again at once. Not paused: a note, exit 0.
+
+    \b
+    Example:
+      queuectl resume
+    """
+    spool = _spool(ctx)
+    info = spool.pause_info()
+    if spool.resume():
+        click.echo(f"queuectl: resumed (paused {_pause_text(info or {})})", err=True)
+    else:
+        click.echo("queuectl: not paused", err=True)
     return 0
 
 

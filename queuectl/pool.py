@@ -229,7 +229,7 @@ def _read_n(fd, n, deadline):
 
 def start(spool, count, burst=False, detach=False):
     """Run COUNT workers in the foreground, or in the background with DETACH."""
-    spool.ensure()
+    spool.ensure(create=False)  # the CLI made it, or refused a missing one: never made here
     if not detach:
         return Supervisor(spool, count, burst).run()
     ready_r, ready_w = os.pipe()

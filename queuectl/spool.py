@@ -62,6 +62,7 @@ class Spool:
         self.root = os.path.abspath(root)
         self.config_path = os.path.join(self.root, "config.json")
         self.worker_log = os.path.join(self.root, "worker.log")
+        self.pause_path = os.path.join(self.root, L.PAUSED)
         self._wid = None
         self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
@@ -78,13 +79,17 @@ class Spool:
     def _path(self, folder, name):
         return os.path.join(self.root, folder, name)
 
-    def ensure(self, group=None):
+    def ensure(self, group=None, create=True):
         """Create the spool and its folders if missing (0700; with GROUP: 2770, shared with it).
 
+        Without CREATE the spool's root must exist (a mistyped or unmounted --spool is not made
+        silently): its missing folders are still made (an older or half-made spool).
         A spool folder that is a symlink is refused: it could send writes outside the spool.
         Raises SpoolError.
         """
         mode = 0o2770 if group is not None else 0o700
+        if not create and not os.path.isdir(self.root):
+            raise SpoolError(f"no spool at {self.root}; create it with queuectl init")
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             paths = [self.root] + [self._dir(d) for d in L.FOLDERS]
@@ -561,6 +566,62 @@ class Spool:
             return os.stat(self._path("workers", L.heartbeat_name(wid))).st_uid
         except OSError:
             return None
+
+    # -- the spool-wide pause: SPOOL/paused ------------------------------------------------------
+
+    def pause(self, data):
+        """Create SPOOL/paused holding DATA (bytes), atomically and durably: staged in tmp/, then
+        linked into place (the commit point; a link never replaces a pause already there).
+        True if this call paused the spool, False if it was paused already."""
+        tmp = self._stage([data])[0]
+        try:
+            os.link(tmp, self.pause_path, follow_symlinks=False)
+        except FileExistsError:
+            return False  # RACE: paused already, perhaps by another `queuectl pause` just now
+        finally:
+            fsio.unlink_quiet(tmp)
+        fsio.fsync_dir(self.root)
+        return True
+
+    def resume(self):
+        """Remove SPOOL/paused: True if it was there."""
+        try:
+            os.unlink(self.pause_path)
+        except FileNotFoundError:
+            return False  # RACE: not paused, or another `queuectl resume` removed it first
+        fsio.fsync_dir(self.root)
+        return True
+
+    def paused(self):
+        """Is the spool paused? One lstat (workers ask before they claim). Raises OSError when
+        that cannot be told (the spool's root unreadable)."""
+        try:
+            os.lstat(self.pause_path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def pause_info(self):
+        """The JSON object in SPOOL/paused, or None when the spool is not paused. The file's
+        presence is the pause: a file that is not such an object (made by hand) reads as {}
+        with `since` its mtime."""
+        import json
+
+        path = self.pause_path
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(fsio.read_regular(path, 1 << 16))
+        except FileNotFoundError:
+            return None  # RACE: resumed while we looked
+        except (OSError, ValueError, JobInvalid):
+            data = None
+        if not isinstance(data, dict):
+            data = {}
+        data.setdefault("since", iso(st.st_mtime))
+        return data
 
     # -- tmp/ -----------------------------------------------------------------------------------
 

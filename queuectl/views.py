@@ -74,7 +74,8 @@ def workers(spool):
 
 
 def status(spool):
-    return {"counts": counts(spool), "workers": workers(spool)}
+    """Counts, live workers, and the pause ({"since", "by"}) or None."""
+    return {"counts": counts(spool), "workers": workers(spool), "paused": spool.pause_info()}
 
 
 def _latest_entry(job):

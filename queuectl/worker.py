@@ -44,6 +44,7 @@ from queuectl.watch import PendingWatcher
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
+PAUSE_CHECK = 0.2  # seconds between looks for SPOOL/paused while paused with jobs due (resume)
 WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
 STOP_SETTLE = 3.0  # seconds a stopping worker keeps trying to store finished results on a faulty disk
 JOB_SLACK = 1.0  # seconds after its job ended that a stop signal from a vanished sender is still the job's
@@ -111,6 +112,7 @@ class Worker:
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
         self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
         self._supervisor_id = None
+        self.paused = False  # SPOOL/paused was there at the last look (queuectl pause)
         self._watch_at = self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
     # -- the loop -----------------------------------------------------------------------------
@@ -131,7 +133,7 @@ class Worker:
                 self.heartbeat(mono)
                 self.recover(mono)
                 self.intake_events(now, mono)
-                claimed = self.claim(now) if mono >= self.faults.hold_until else None
+                claimed = self.claim(now) if mono >= self.faults.hold_until and self.may_claim(now) else None
                 if claimed:
                     self.run_and_finish(*claimed)
                     self.start_watching(mono)
@@ -149,7 +151,7 @@ class Worker:
     # -- steps --------------------------------------------------------------------------------
 
     def setup(self):
-        self.spool.ensure()
+        self.spool.ensure(create=False)  # a spool that vanished (unmounted) is not made again here
         self.wid = self.spool.wid
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -171,6 +173,7 @@ class Worker:
             os.write(self.ready_fd, b"r")
             os.close(self.ready_fd)
         self.log(f"started; jobs contained by: {self.contain.describe()}{contain_note}")
+        self.note_pause(bool(self.guard("look for a pause", self.spool.paused)))  # started paused: it idles
 
     def take_signals(self):
         """Judge the stop signals received since the last look; returns stop_requests.
@@ -306,6 +309,30 @@ class Worker:
             return False  # RACE: claimed meanwhile; nothing to wait for
         return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
+    def may_claim(self, now):
+        """False while the spool is paused (SPOOL/paused exists). One lstat, and only when a job
+        is due: an idle worker does not look, and the next due job (or drop-in) makes it look."""
+        if not self.index.has_due(now):
+            return False
+        paused = self.guard("look for a pause", self.spool.paused)
+        if paused is None:
+            return False  # cannot tell (a fault, logged): claim nothing until we can
+        self.note_pause(paused)
+        return not paused
+
+    def note_pause(self, paused):
+        """Log a pause or a resume once, when the worker first sees it."""
+        if paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            info = self.guard("read the pause", self.spool.pause_info) or {}
+            by = info.get("by")
+            who = f" by {by.get('user')}@{by.get('host')}" if isinstance(by, dict) else ""
+            self.log(f"spool paused{who} since {info.get('since', '?')}: running nothing new until `queuectl resume`")
+        else:
+            self.log("spool resumed: running due jobs again")
+
     def claim(self, now):
         """Win the rename of the best due job: (Claim, job), or None."""
         while True:
@@ -423,12 +450,13 @@ class Worker:
         return True
 
     def idle_for_good(self, now):
-        """--burst: nothing due and nothing running anywhere in the spool."""
+        """--burst: nothing due and nothing running anywhere in the spool. A paused spool has
+        nothing due: its waiting jobs are left for after `queuectl resume`."""
         if self.unsettled:
             return False
         self.intake.scan(now)
-        if self.index.has_due(now):
-            return False
+        if self.may_claim(now) or (self.index.has_due(now) and not self.paused):
+            return False  # due (or a pause that cannot be read: not known to be paused)
         return not any(c.op == "run" for c in self.spool.claims())
 
     def wait(self, now, mono):
@@ -441,6 +469,8 @@ class Worker:
             timeout = min(timeout, max(nxt - now, hold))
         elif hold > 0 and self.index.has_due(now):
             timeout = min(timeout, hold)
+        if self.paused and self.index.has_due(now):
+            timeout = min(timeout, PAUSE_CHECK)  # due jobs wait for a resume: look for it
         timeout = max(0.0, timeout)
         if self.burst:
             timeout = min(timeout, 0.05)  # others' jobs finish in done/, which is not watched

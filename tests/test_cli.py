@@ -389,11 +389,13 @@ def _assert_spool(root):
 
 def test_spool_option_before_the_subcommand_wins_over_the_environment(spool, tmp_path):
     other = str(tmp_path / "deep" / "other")
+    p = subprocess.run([QUEUECTL, "--spool", other, "init"], env=spool.env, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (0, other + "\n"), p.stderr
+    _assert_spool(other)  # init makes the missing parents too
     p = subprocess.run([QUEUECTL, "--spool", other, "enqueue", '{"id": "x", "command": "true"}'], env=spool.env, capture_output=True, text=True)
     assert (p.returncode, p.stdout) == (0, "x\n"), p.stderr
     assert spool.ls("pending") == [] and spool.ls("ids") == []
     assert os.listdir(os.path.join(other, "ids")) == ["x"]
-    assert sorted(os.listdir(other)) == FOLDERS  # created on first use
     p = subprocess.run([QUEUECTL, "--spool", other, "status", "--json"], env=spool.env, capture_output=True, text=True)
     assert json.loads(p.stdout)["counts"]["pending"] == 1
 
@@ -401,11 +403,63 @@ def test_spool_option_before_the_subcommand_wins_over_the_environment(spool, tmp
 def test_spool_from_queuectl_spool_variable(tmp_path):
     root = str(tmp_path / "from-env")
     env = env_without_spool(QUEUECTL_SPOOL=root, XDG_DATA_HOME=str(tmp_path / "xdg"))
+    p = subprocess.run([QUEUECTL, "init"], env=env, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (0, root + "\n"), p.stderr
     p = subprocess.run([QUEUECTL, "enqueue", '{"id": "e", "command": "true"}'], env=env, capture_output=True, text=True)
     assert (p.returncode, p.stdout) == (0, "e\n"), p.stderr
     _assert_spool(root)
     assert os.listdir(os.path.join(root, "ids")) == ["e"]
     assert not os.path.exists(tmp_path / "xdg")
+
+
+MISSING_SPOOL_COMMANDS = [
+    ("enqueue", '{"command": "true"}'),
+    ("status",),
+    ("list",),
+    ("show", "x"),
+    ("logs", "x"),
+    ("worker", "start", "--burst"),
+    ("worker", "stop"),
+    ("dlq", "list"),
+    ("dlq", "retry", "--all"),
+    ("config", "set", "max-retries", "5"),
+    ("config", "get", "max-retries"),
+    ("config", "list"),
+    ("pause",),
+    ("resume",),
+]
+
+
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_a_missing_explicit_spool_is_refused_not_created(tmp_path, how):
+    """A mistyped --spool or $QUEUECTL_SPOOL, or a disk not mounted, must not become a new empty
+    spool (and the jobs go nowhere anyone looks): every command but init refuses it."""
+    root = str(tmp_path / "mnt" / "typo")
+    env = env_without_spool(XDG_DATA_HOME=str(tmp_path / "xdg"), HOME=str(tmp_path / "home"))
+    if how == "variable":
+        env["QUEUECTL_SPOOL"] = root
+    for args in MISSING_SPOOL_COMMANDS:
+        argv = [QUEUECTL, *(["--spool", root] if how == "option" else []), *args]
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert (p.returncode, p.stdout, p.stderr) == (1, "", f"queuectl: no spool at {root}; create it with queuectl init\n"), args
+    assert not os.path.exists(tmp_path / "mnt")
+    assert not os.path.exists(tmp_path / "xdg") and not os.path.exists(tmp_path / "home")
+    p = subprocess.run([QUEUECTL, *(["--spool", root] if how == "option" else []), "init"], env=env, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (0, root + "\n"), p.stderr
+    _assert_spool(root)
+    p = subprocess.run([QUEUECTL, *(["--spool", root] if how == "option" else []), "enqueue", '{"id": "j", "command": "true"}'], env=env, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (0, "j\n"), p.stderr
+
+
+def test_an_existing_spool_with_missing_folders_is_completed(tmp_path):
+    """An older or half-made spool (its root is there) still gets its missing folders."""
+    root = tmp_path / "half"
+    (root / "pending").mkdir(parents=True, mode=0o700)
+    root.chmod(0o700)
+    env = env_without_spool(QUEUECTL_SPOOL=str(root))
+    p = subprocess.run([QUEUECTL, "enqueue", '{"id": "h", "command": "true"}'], env=env, capture_output=True, text=True)
+    assert (p.returncode, p.stdout) == (0, "h\n"), p.stderr
+    _assert_spool(str(root))
 
 
 def test_spool_defaults_to_xdg_data_home_then_home(tmp_path):
@@ -436,7 +490,7 @@ def test_init_creates_the_folders_and_is_idempotent(tmp_path):
 def test_status_json_of_an_empty_spool(spool):
     p = spool.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": []}
+    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": [], "paused": None}
 
 
 def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
@@ -447,7 +501,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
     try:
         wait_until(lambda: any("_hold@" in n for n in spool.ls("processing")), timeout=20)
         data = spool.json("status", "--json")
-        assert set(data) == {"counts", "workers"}
+        assert set(data) == {"counts", "workers", "paused"} and data["paused"] is None
         assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
         [w] = data["workers"]
         assert set(w) == {"id", "pid", "host", "job"}
@@ -464,7 +518,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
         go.write_text("")
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out) == (0, "")
-    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": []}
+    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": [], "paused": None}
     assert spool.run("logs", "hold", check=0).stdout == "started\nreleased\n"
 
 
@@ -495,7 +549,7 @@ ORDER = ["p-pending", "c-completed", "d-dead", "f-failed", "x-processing"]  # en
 def test_status_json_counts_every_state(populated):
     p = populated.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": []}
+    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None}
     assert populated.ls("rejected") == ["junk.json", "junk.json.reason"]  # the reason file is not counted
 
 

@@ -142,6 +142,7 @@ def test_real_full_disk_and_read_only_spool(tmp_path):
         def q(*args):
             return subprocess.run([QUEUECTL, *args], env=env, capture_output=True, text=True, timeout=30)
 
+        assert q("init").returncode == 0
         assert q("enqueue", '{"id": "first", "command": "true"}').returncode == 0
         with open(mnt / "filler", "wb", buffering=0) as f:  # fill the disk
             try:
