@@ -53,6 +53,15 @@ def _arrivals_observer():
         return Observer(), filters
 
 
+def _stop_observer(observer):
+    if observer is not None:
+        try:
+            observer.stop()
+            observer.join(timeout=2)
+        except Exception:  # a failing observer must not turn a clean exit into a crash
+            pass
+
+
 class PendingWatcher:
     def __init__(self, folder):
         self.folder = folder
@@ -113,12 +122,7 @@ class PendingWatcher:
         return out
 
     def stop(self):
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-                self._observer.join(timeout=2)
-            except Exception:  # a failing observer must not turn a clean exit into a crash
-                pass
+        _stop_observer(self._observer)
         for fd in (self.rfd, self._wfd):
             try:
                 os.close(fd)
@@ -177,9 +181,4 @@ class FolderEvents:
         return changed
 
     def stop(self):
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-                self._observer.join(timeout=2)
-            except Exception:  # a failing observer must not turn a clean exit into a crash
-                pass
+        _stop_observer(self._observer)
