@@ -894,7 +894,11 @@ def build_table(r, quick):
     if "memory" in r:
         m = r["memory"]
         rows.append((f"5 worker peak RSS (VmHWM) during a drain of {m['n']}", f"{m['peak_rss_mb']:.1f} MB", f"PSS {m['peak_pss_mb']:.1f} MB, private {m['peak_private_mb']:.1f} MB", "-", "< 30 MB", yesno(m["peak_rss_mb"] < 30)))
-    head = ("measurement", "queuectl", "reference (same run)", "ratio", "target (issue 4)", "")
+    if "scale" in r:
+        import scale
+
+        rows += scale.rows(r["scale"])
+    head = ("measurement", "queuectl", "reference (same run)", "ratio", "target (issue 4; 11: issue 11)", "")
     widths = [max(len(str(row[i])) for row in rows + [head]) for i in range(len(head))]
     fmt = lambda row: "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"  # noqa: E731
     lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -905,7 +909,7 @@ def build_table(r, quick):
 # -- main ---------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("drain", "sleep", "latency", "enqueue", "backlog", "views", "memory")
+SECTIONS = ("drain", "sleep", "latency", "enqueue", "backlog", "views", "memory", "scale")
 
 
 def main(argv=None):
@@ -954,6 +958,10 @@ def main(argv=None):
             results["views"] = bench_views(b, n_done, 2 if q else 3)
         if "memory" in sections:
             results["memory"] = bench_memory(b, min(n, 200) if q else n, args.workers)
+        if "scale" in sections:
+            import scale  # bench/scale.py: issue 11's goals, each a ratio within this run
+
+            results["scale"] = scale.bench_scale(b, q)
     except KeyboardInterrupt:
         log("interrupted")
         b.kill_all()
