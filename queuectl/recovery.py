@@ -195,6 +195,12 @@ class Recovery:
                     continue
                 if purpose == "fence" and not self._finish_commit(name, now):
                     continue
+                if purpose == "purge":  # its job had left done/ or dead/: finish removing it
+                    from queuectl import retention
+
+                    retention.finish(self.spool, [name], retention.Freed())
+                    self.log(f"finished the interrupted purge of tmp/{name}")
+                    continue
                 self.spool.drop_tmp(name)  # a half-done rewrite (the job's claim still holds it), or an old copy
             elif fs_now - mtime > TMP_GRACE:
                 kept = self.spool.reject_tmp(name, "left in tmp/ for over an hour: its writer never renamed it into pending/", now)
