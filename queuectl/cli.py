@@ -473,6 +473,37 @@ def purge(ctx, states, older_than, dry_run, as_json):
     return 0
 
 
+@cli.command()
+@click.option("--textfile", metavar="PATH", help="Write to PATH atomically (a temporary file beside it, then a rename), for node_exporter's textfile collector.")
+@click.pass_context
+def metrics(ctx, textfile):
+    """The spool's metrics in Prometheus' text format: jobs per state, the age of the oldest due
+    job, live workers, whether it is paused, and attempts ended since the spool was made (by
+    outcome: completed, failed, dead, cancelled), which survive worker restarts and purges.
+
+    \b
+    Example:
+      queuectl metrics
+      queuectl metrics --textfile /var/lib/node_exporter/textfile_collector/queuectl.prom
+    """
+    from queuectl import metrics as m
+    from queuectl.settings import load
+    from queuectl.timeutil import now
+
+    spool = _spool(ctx)
+    text = m.render(spool, load(spool.config_path), now())
+    if textfile is None:
+        click.echo(text, nl=False)
+        return 0
+    from queuectl.fsio import write_atomic
+
+    try:
+        write_atomic(textfile, text.encode(), 0o644)
+    except OSError as e:
+        raise QueuectlError(f"cannot write {textfile}: {e.strerror or e}") from None
+    return 0
+
+
 @cli.group()
 def dlq():
     """The dead-letter queue: jobs that failed every attempt.

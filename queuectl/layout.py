@@ -20,6 +20,7 @@ def valid_id(value):
 
 FOLDERS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
 PAUSED = "paused"  # a file in the spool's root: while it exists, workers claim nothing (queuectl pause)
+COUNTERS = "counters.json"  # in the spool's root: totals of ended attempts (counters.py), under COUNTERS.lock
 
 # -- states: where a job is, and how a file there is told apart --------------------------------
 

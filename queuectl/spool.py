@@ -63,6 +63,7 @@ class Spool:
         self.config_path = os.path.join(self.root, "config.json")
         self.worker_log = os.path.join(self.root, "worker.log")
         self.pause_path = os.path.join(self.root, L.PAUSED)
+        self.counters_lock_path = os.path.join(self.root, L.COUNTERS + ".lock")
         self._wid = None
         self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
@@ -566,6 +567,26 @@ class Spool:
             return os.stat(self._path("workers", L.heartbeat_name(wid))).st_uid
         except OSError:
             return None
+
+    # -- SPOOL/counters.json: totals of ended attempts (counters.py; written under its lock) ------
+
+    def read_counters(self):
+        """The JSON object in SPOOL/counters.json; {} when there is none (or it is not one)."""
+        import json
+
+        try:
+            data = json.loads(fsio.read_regular(os.path.join(self.root, L.COUNTERS), 1 << 20))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, JobInvalid):
+            return {}  # made by hand, or not by queuectl: counted from zero again
+        return data if isinstance(data, dict) else {}
+
+    def write_counters(self, data):
+        """Replace SPOOL/counters.json with DATA (a dict) atomically and durably."""
+        import json
+
+        fsio.write_atomic(os.path.join(self.root, L.COUNTERS), json.dumps(data, sort_keys=True).encode(), self.file_mode)
 
     # -- the spool-wide pause: SPOOL/paused ------------------------------------------------------
 
