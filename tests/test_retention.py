@@ -146,3 +146,29 @@ def test_retention_settings_take_durations():
             assert "dead-retention must be a duration" in str(e)
         else:
             raise AssertionError(bad)
+
+
+def test_a_retention_step_does_a_bounded_amount_of_work(tmp_path):
+    """A step looks at STEP entries at most and removes what is old among them (in batches); the
+    scan resumes where it stopped at the next step, so a large backlog is cleared over several
+    turns of the worker's loop, never in one."""
+    spool = Spool(str(tmp_path / "spool")).ensure()
+    old = time.time() - 8 * DAY
+    for i in range(200):
+        path = os.path.join(spool.root, "done", f"j{i}.json")
+        with open(path, "w") as f:
+            f.write("{}")  # not a job any more: removed all the same (it was in done/)
+        os.utime(path, (old, old))
+    sweeper = retention.Sweeper(spool, effective({}), lambda line: None)
+    now, steps = time.time(), 0
+    while True:
+        before = len(os.listdir(os.path.join(spool.root, "done")))
+        sweeper.step(now, 0.0)
+        steps += 1
+        assert before - len(os.listdir(os.path.join(spool.root, "done"))) <= retention.STEP
+        if not sweeper.busy():
+            break
+    assert os.listdir(os.path.join(spool.root, "done")) == [] and os.listdir(os.path.join(spool.root, "tmp")) == []
+    assert steps == -(-200 // retention.STEP)  # the last one also scans dead/ and rejected/ (empty)
+    sweeper.step(now, 1.0)
+    assert not sweeper.busy()  # the next pass waits PASS_EVERY seconds
