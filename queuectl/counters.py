@@ -17,7 +17,10 @@ LOCK_TIMEOUT = 10.0
 
 
 def zero():
-    return dict.fromkeys(NAMES, 0)
+    """Counts at zero: NAMES, and any other outcome layout.py names (a worker counts by state)."""
+    from queuectl.layout import OUTCOMES
+
+    return dict.fromkeys(NAMES + tuple(o for o in OUTCOMES if o not in NAMES), 0)
 
 
 def clean(data):

@@ -64,7 +64,7 @@ def test_a_hundred_days_of_cron_use_stay_bounded_under_the_default_retention(tmp
     sweeper = retention.Sweeper(spool, settings, lines.append)
     finished = []  # (t, state)
     rejected_at = []
-    expected = counters.zero()
+    expected = dict.fromkeys(counters.NAMES, 0)
     daily = {}
     purged_at = None
     for step in range(100 * 12):
@@ -95,7 +95,7 @@ def test_a_hundred_days_of_cron_use_stay_bounded_under_the_default_retention(tmp
             purged_at = t
             assert freed.jobs > 0
             assert counters.totals(spool) == before
-    assert counters.totals(spool) == expected == dict(counters.zero(), completed=1100, dead=100)
+    assert counters.totals(spool) == expected == dict(expected, completed=1100, dead=100)
     # bounded: the last days hold what day 91 held (each folder at its steady size)
     for day in range(92, 101):
         for folder in FOLDERS:
