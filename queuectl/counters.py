@@ -67,12 +67,22 @@ def fold(spool, wid, counts=None):
 
 
 def totals(spool):
-    """{name: total} since the spool was made: counters.json plus live (unfolded) heartbeats."""
-    with _lock(spool):
-        doc = spool.read_counters()
-        out = clean(doc.get("totals"))
-        folded = set(w for w in doc.get("folded") or [] if isinstance(w, str))
-        for wid in spool.worker_ids():
-            if wid not in folded:
-                out = _merge(out, clean((spool.read_heartbeat(wid) or {}).get("counts")))
+    """{name: total} since the spool was made: counters.json plus live (unfolded) heartbeats.
+    Read under the lock, so that a fold in between cannot make a total go down or count twice;
+    a reader who may not create the lock file (a read-only spool, a monitoring user with read
+    access only) reads without it."""
+    try:
+        with _lock(spool):
+            return _read_totals(spool)
+    except PermissionError:
+        return _read_totals(spool)
+
+
+def _read_totals(spool):
+    doc = spool.read_counters()
+    out = clean(doc.get("totals"))
+    folded = set(w for w in doc.get("folded") or [] if isinstance(w, str))
+    for wid in spool.worker_ids():
+        if wid not in folded:
+            out = _merge(out, clean((spool.read_heartbeat(wid) or {}).get("counts")))
     return out
