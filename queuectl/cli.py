@@ -167,17 +167,16 @@ class Duration(click.ParamType):
     The one parser of every DURATION option (worker stop, wait, list --since)."""
 
     name = "duration"
-    UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
     def convert(self, value, param, ctx):
-        import re
+        from queuectl.timeutil import parse_duration
 
         if isinstance(value, (int, float)):
             return float(value)
-        m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*", value)
-        if not m:
+        seconds = parse_duration(value)
+        if seconds is None:
             self.fail(f"{value!r} is not a duration: seconds (90), or with a unit (1.5s, 15m, 2h, 7d)", param, ctx)
-        return float(m.group(1)) * self.UNITS[m.group(2)]
+        return seconds
 
 
 @worker.command("stop")
@@ -438,6 +437,71 @@ def wait(ctx, ids, timeout):
         return views.wait_jobs(spool, ids, events, time.monotonic, lambda text: click.echo(f"queuectl: {text}", err=True), timeout=timeout)
     finally:
         events.stop()
+
+
+@cli.command()
+@click.option("--state", "states", type=click.Choice(("completed", "dead", "rejected")), multiple=True,
+              help="Only jobs in this state (repeatable); default: completed, dead and rejected.")
+@click.option("--older-than", type=Duration(), default="0", metavar="DURATION",
+              help="Only jobs that reached their state at least DURATION ago (30s, 15m, 2h, 7d); default: all.")
+@click.option("--dry-run", is_flag=True, help="Remove nothing; say what would be freed.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object: jobs, files, bytes, dry_run.")
+@click.pass_context
+def purge(ctx, states, older_than, dry_run, as_json):
+    """Remove finished jobs with their logs (every attempt) and their id reservations, and
+    rejected files with their reasons. Never touches pending/ or processing/.
+
+    A job's age is counted from when it entered done/ or dead/ (its file's mtime); a rejected
+    file's from when it was rejected. Its id becomes free again: a later job may take it. Says
+    how many jobs and files it removed and the disk space freed (blocks of files with no other
+    link), or with --dry-run would.
+
+    \b
+    Example:
+      queuectl purge --state completed --older-than 7d
+      queuectl purge --older-than 30d --dry-run
+    """
+    from queuectl import retention
+    from queuectl.timeutil import now
+
+    freed = retention.purge(_spool(ctx), states or retention.STATES, older_than, now(), dry=dry_run)
+    if as_json:
+        _emit_json(dict(freed.as_dict(), dry_run=dry_run))
+    else:
+        verb = "would purge" if dry_run else "purged"
+        click.echo(f"{verb} {freed.jobs} job(s): {freed.files} file(s), {freed.bytes} bytes")
+    return 0
+
+
+@cli.command()
+@click.option("--textfile", metavar="PATH", help="Write to PATH atomically (a temporary file beside it, then a rename), for node_exporter's textfile collector.")
+@click.pass_context
+def metrics(ctx, textfile):
+    """The spool's metrics in Prometheus' text format: jobs per state, the age of the oldest due
+    job, live workers, whether it is paused, and attempts ended since the spool was made (by
+    outcome: completed, failed, dead, cancelled), which survive worker restarts and purges.
+
+    \b
+    Example:
+      queuectl metrics
+      queuectl metrics --textfile /var/lib/node_exporter/textfile_collector/queuectl.prom
+    """
+    from queuectl import metrics as m
+    from queuectl.settings import load
+    from queuectl.timeutil import now
+
+    spool = _spool(ctx)
+    text = m.render(spool, load(spool.config_path), now())
+    if textfile is None:
+        click.echo(text, nl=False)
+        return 0
+    from queuectl.fsio import write_atomic
+
+    try:
+        write_atomic(textfile, text.encode(), 0o644)
+    except OSError as e:
+        raise QueuectlError(f"cannot write {textfile}: {e.strerror or e}") from None
+    return 0
 
 
 @cli.group()

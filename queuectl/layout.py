@@ -20,6 +20,7 @@ def valid_id(value):
 
 FOLDERS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
 PAUSED = "paused"  # a file in the spool's root: while it exists, workers claim nothing (queuectl pause)
+COUNTERS = "counters.json"  # in the spool's root: totals of ended attempts (counters.py), under COUNTERS.lock
 
 # -- states: where a job is, and how a file there is told apart --------------------------------
 
@@ -82,7 +83,7 @@ FINAL_RE = re.compile(r"(" + ID_PATTERN + r")\.json\Z")
 LOG_RE = re.compile(r"(" + ID_PATTERN + r")\.(\d+)\.log\Z")
 HEARTBEAT_RE = re.compile(r"(" + WORKER_PATTERN + r")\.json\Z")
 HEARTBEAT_TMP_RE = re.compile(r"\.(" + WORKER_PATTERN + r")\.[0-9a-f]+\.tmp\Z")
-TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-([0-9a-f]+)\.(enqueue|write|fence)\Z")
+TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-([0-9a-f]+)\.(enqueue|write|fence|purge)\Z")
 REASON_SUFFIX = ".reason"
 
 Claim = namedtuple("Claim", "name op origin job_id holder")
@@ -253,6 +254,15 @@ TRANSITIONS = (
         "the claim",
         "the job pending, maybe the claim",
         "recovery: a claim whose job is in pending/ is removed",
+    ),
+    Transition(
+        "purge",
+        "done/ or dead/ → tmp/`qc-WORKER-HEX.purge` → removed, with its logs and `ids/<id>`",
+        "`queuectl purge`, or a worker applying retention",
+        "rename into tmp/",
+        "the job in done/ or dead/",
+        "`tmp/qc-WORKER-HEX.purge`, maybe its logs and `ids/<id>`",
+        "recovery, once the purger is dead: the logs and the reservation (if it names the job's token) of the `.purge` file are removed, then the file",
     ),
 )
 

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from queuectl import contain, policy
+from queuectl import contain, counters, policy
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
@@ -70,6 +70,7 @@ class Recovery:
         self.settings = settings
         self.log = log
         self.returned = []  # names recovery put back in pending/: the worker reads them at once
+        self.counts = counters.zero()  # lost attempts it counted, by what they left their job as
         self.rules = {
             "count-lost-attempt": self.count_lost_attempt,
             "finish-or-put-back": self.finish_or_put_back,
@@ -143,6 +144,7 @@ class Recovery:
             maximum=self.settings["backoff-max"],
         )
         if self.spool.finish(claim, job, nb) is not None:
+            self.counts[job["state"]] += 1
             self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
 
     def put_back(self, claim, holder, claimed_at, now):
@@ -179,11 +181,20 @@ class Recovery:
         lease = self.settings["lease-seconds"]
         for wid in self.spool.worker_ids():
             if wid != self.spool.wid and holder_is_dead(self.spool, wid, fs_now, lease):
-                self.spool.remove_heartbeat(wid)
+                self._fold(wid)
         for name, wid in self.spool.heartbeat_leftovers():
             if wid != self.spool.wid and holder_is_dead(self.spool, wid, fs_now, lease):
                 self.spool.drop_heartbeat_leftover(name)
         contain.sweep()  # empty job cgroups of dead workers
+
+    def _fold(self, wid):
+        """A dead worker's counts go into the spool's totals as its heartbeat goes."""
+        from filelock import Timeout
+
+        try:
+            counters.fold(self.spool, wid)
+        except Timeout:
+            self.log(f"counters.json.lock held for over {counters.LOCK_TIMEOUT:g} s: the heartbeat of lost worker {wid} stays until the next pass")
 
     def tmp(self, now, fs_now):
         lease = self.settings["lease-seconds"]
@@ -194,6 +205,12 @@ class Recovery:
                 if purpose == "enqueue" and self._roll_forward(name):
                     continue
                 if purpose == "fence" and not self._finish_commit(name, now):
+                    continue
+                if purpose == "purge":  # its job had left done/ or dead/: finish removing it
+                    from queuectl import retention
+
+                    retention.finish(self.spool, [name], retention.Freed())
+                    self.log(f"finished the interrupted purge of tmp/{name}")
                     continue
                 self.spool.drop_tmp(name)  # a half-done rewrite (the job's claim still holds it), or an old copy
             elif fs_now - mtime > TMP_GRACE:

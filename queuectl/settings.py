@@ -13,7 +13,8 @@ from queuectl.job import MAX_SECONDS
 
 Setting = namedtuple("Setting", "key kind default low high help low_open", defaults=(False,))
 
-# kind: "int" (a whole number), "number", "seconds" (a number of seconds), "users" (comma-separated
+# kind: "int" (a whole number), "number", "seconds" (a number of seconds), "duration" (seconds, or
+# with a unit: 90, 15m, 2h, 7d; stored as seconds), "users" (comma-separated
 # user names or uids; no range). Values run from LOW (excluded when low_open) to HIGH: every value
 # in range is safe for the worker's arithmetic and timers (heartbeat-seconds 1e10 overflowed them).
 TABLE = (
@@ -26,9 +27,12 @@ TABLE = (
     Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
     Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
     Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
+    Setting("completed-retention", "duration", 604800, 0, MAX_SECONDS, "completed jobs (with their logs and ids) are removed by workers this long after they finished (7d); 0: kept forever"),
+    Setting("dead-retention", "duration", 7776000, 0, MAX_SECONDS, "dead jobs (with their logs and ids) are removed by workers this long after they died (90d); 0: kept forever"),
+    Setting("rejected-retention", "duration", 2592000, 0, MAX_SECONDS, "rejected files and their reasons are removed by workers this long after they were rejected (30d); 0: kept forever"),
 )
 BY_KEY = {s.key: s for s in TABLE}
-_NOUN = {"int": "a whole number", "number": "a number", "seconds": "a number of seconds"}
+_NOUN = {"int": "a whole number", "number": "a number", "seconds": "a number of seconds", "duration": "a duration in seconds (or 15m, 2h, 7d)"}
 HEARTBEATS_PER_LEASE = 3  # a live worker misses two heartbeats before it looks lost
 
 
@@ -51,6 +55,11 @@ def parse_value(key, value):
     s = _setting(key)
     if s.kind == "users":
         return ",".join(str(u) for u in _users(key, value))
+    if isinstance(value, str) and s.kind == "duration" and "_" not in value:
+        from queuectl.timeutil import parse_duration
+
+        seconds = parse_duration(value)
+        value = value if seconds is None else seconds
     if isinstance(value, str):
         text = value.strip()
         try:

@@ -63,6 +63,7 @@ class Spool:
         self.config_path = os.path.join(self.root, "config.json")
         self.worker_log = os.path.join(self.root, "worker.log")
         self.pause_path = os.path.join(self.root, L.PAUSED)
+        self.counters_lock_path = os.path.join(self.root, L.COUNTERS + ".lock")
         self._wid = None
         self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
@@ -567,6 +568,26 @@ class Spool:
         except OSError:
             return None
 
+    # -- SPOOL/counters.json: totals of ended attempts (counters.py; written under its lock) ------
+
+    def read_counters(self):
+        """The JSON object in SPOOL/counters.json; {} when there is none (or it is not one)."""
+        import json
+
+        try:
+            data = json.loads(fsio.read_regular(os.path.join(self.root, L.COUNTERS), 1 << 20))
+        except FileNotFoundError:
+            return {}
+        except (ValueError, JobInvalid):
+            return {}  # made by hand, or not by queuectl: counted from zero again
+        return data if isinstance(data, dict) else {}
+
+    def write_counters(self, data):
+        """Replace SPOOL/counters.json with DATA (a dict) atomically and durably."""
+        import json
+
+        fsio.write_atomic(os.path.join(self.root, L.COUNTERS), json.dumps(data, sort_keys=True).encode(), self.file_mode)
+
     # -- the spool-wide pause: SPOOL/paused ------------------------------------------------------
 
     def pause(self, data):
@@ -622,6 +643,77 @@ class Spool:
             data = {}
         data.setdefault("since", iso(st.st_mtime))
         return data
+
+    # -- retention and purge (transition 11) ----------------------------------------------------
+    # Small and separate: each is one file-system step on one folder.
+
+    def scan(self, folder):
+        """Yield (name, inode, mtime) of FOLDER's entries, one directory read at a time: a caller
+        may stop anywhere and resume later (a worker's retention step looks at a few per turn)."""
+        try:
+            it = os.scandir(self._dir(folder))
+        except FileNotFoundError:
+            return
+        with it:
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # RACE: moved on (a dlq retry, another purger) since the read
+                yield entry.name, st.st_ino, st.st_mtime
+
+    def entry_stat(self, folder, name):
+        """lstat of FOLDER/NAME, or None when it is not there."""
+        try:
+            return os.lstat(self._path(folder, name))
+        except FileNotFoundError:
+            return None
+
+    def expire(self, folder, name, ino):
+        """Take FOLDER/NAME (done/ or dead/) out of the spool for removal: a rename to
+        tmp/qc-WORKER-HEX.purge, the commit point of a purge. Returns the tmp name, or None when
+        another process moved it first, or when it is no longer the file scanned (inode INO)."""
+        tmp = self._tmp_path("purge")
+        try:
+            os.rename(self._path(folder, name), tmp)
+        except FileNotFoundError:
+            return None  # RACE: a dlq retry or another purger took it first: theirs
+        if os.lstat(tmp).st_ino != ino:  # RACE: a newer version came since the scan: not old
+            os.rename(tmp, self._path(folder, name))
+            return None
+        return os.path.basename(tmp)
+
+    def read_expired(self, name, max_bytes=1 << 30):
+        """The job in tmp/NAME (a `.purge` file). Raises JobInvalid, FileNotFoundError."""
+        return self.read("tmp", name, max_bytes)
+
+    def leftovers(self, job_id, token, attempts):
+        """[(folder, name, lstat)] of what job ID owns besides its file: the log of each of its
+        ATTEMPTS (those that printed something), and ids/ID while it names TOKEN (a later job
+        may hold the id already)."""
+        out = []
+        for seq in range(1, attempts + 1):
+            st = self.entry_stat("logs", L.log_name(job_id, seq))
+            if st is not None:
+                out.append(("logs", L.log_name(job_id, seq), st))
+        if token and self.reservation(job_id) == token:
+            st = self.entry_stat("ids", job_id)
+            if st is not None:
+                out.append(("ids", job_id, st))
+        return out
+
+    def remove(self, files):
+        """Unlink each (folder, name) of FILES (whatever it is: file, hard link, symlink), then
+        fsync ids/ and rejected/ once if it removed anything there. Gone already: fine."""
+        for folder, name in files:
+            fsio.unlink_quiet(self._path(folder, name))
+        for folder in dict.fromkeys(f for f, _ in files if f in ("ids", "rejected")):
+            fsio.fsync_dir(self._dir(folder))
+
+    def sync(self, folders):
+        """fsync each of FOLDERS once (a batch of expire()s is durable before ids are freed)."""
+        for folder in folders:
+            fsio.fsync_dir(self._dir(folder))
 
     # -- tmp/ -----------------------------------------------------------------------------------
 

@@ -34,6 +34,17 @@ def parse_iso(text, field="time"):
     return ts
 
 
+DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text):
+    """'90', '1.5s', '15m', '2h', '7d' -> seconds (float), or None if TEXT is not a duration."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*", text)
+    return float(m.group(1)) * DURATION_UNITS[m.group(2)] if m else None
+
+
 def stamp(ts):
     """Epoch seconds -> the not-before prefix of a pending name, 'YYYYMMDDTHHMMSS.ffffffZ'."""
     dt = datetime.fromtimestamp(ts, timezone.utc)

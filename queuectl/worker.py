@@ -26,7 +26,7 @@ import time
 from collections import deque
 
 from queuectl import layout as L
-from queuectl import contain, policy, runner
+from queuectl import contain, counters, policy, runner
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid
 from queuectl.faults import Faults
@@ -36,6 +36,7 @@ from queuectl.logsink import LogSink
 from queuectl.procs import hostname, worker_id
 from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
+from queuectl.retention import Sweeper
 from queuectl.settings import Watched
 from queuectl.spool import TAKEN_OVER
 from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
@@ -102,13 +103,14 @@ class Worker:
         self.runs = deque(maxlen=8)  # the latest jobs' runs (_Run), newest last
         self._ignored_logged_at = -3600.0
         self.sink = LogSink(note=lambda text: self._line(text))
-        self.counts = dict.fromkeys(L.OUTCOMES, 0)
+        self.counts = counters.zero()  # attempts ended, by what they left their job as (counters.py)
         self.index = DueIndex()
         self.faults = Faults(self.log)
         self.settings = Watched(spool.config_path)
         self.unsettled = Unsettled(spool, self.settings)
         self.intake = Intake(spool, self.index, self.settings, self.log)
         self.recovery = Recovery(spool, self.settings, self.log)
+        self.sweeper = Sweeper(spool, self.settings, self.log)  # retention, a step at a time
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
         self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
         self._supervisor_id = None
@@ -139,6 +141,7 @@ class Worker:
                     self.start_watching(mono)
                     continue
                 self.settle()
+                self.retain(now, mono)
                 if self.start_watching(mono, idle=True):
                     continue  # look again at pending/ now that events will wake us
                 if self.burst and self.idle_for_good(now):
@@ -237,12 +240,27 @@ class Worker:
         data = {"id": self.wid, "pid": os.getpid(), "host": hostname(), "started_at": self.started_at, "heartbeat_at": iso(time.time())}
         if self._supervisor_id:
             data["supervisor"] = self._supervisor_id
+        data["counts"] = self.all_counts()
         if self.requests.level:
             data["stopping_since"] = iso(self.requests.since)
             data["stop_requested_by"] = self.requests.senders()
             if self.requests.level >= 2:
                 data["stopping_now"] = True
         self.guard("write heartbeat", self.spool.write_heartbeat, self.wid, json.dumps(data).encode())
+
+    def all_counts(self):
+        """Attempts this worker ended, its runs' and its recovery's (lost attempts) together."""
+        return {k: self.counts[k] + self.recovery.counts[k] for k in counters.NAMES}
+
+    def retain(self, now, mono):
+        """One bounded retention step (retention.Sweeper): between jobs, or while one runs."""
+        self.guard("apply retention", self.sweeper.step, now, mono)
+
+    def _after_spawn(self):
+        """Once a job has started: settle earlier results, then a retention step, while it runs."""
+        sooner = self.settle_if_due()
+        self.retain(time.time(), time.monotonic())
+        return sooner
 
     def recover(self, mono):
         if mono < self._next_recovery:
@@ -377,7 +395,7 @@ class Worker:
             wakeup_fd=self.wake_r,
             on_tick=self._tick,
             should_abort=lambda: self.take_signals() >= 2,
-            after_spawn=self.settle_if_due,
+            after_spawn=self._after_spawn,
             contain=self.contain,
             on_spawn=lambda pid: setattr(run, "pid", pid),
         )
@@ -463,6 +481,7 @@ class Worker:
         """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""
         hold = self.faults.hold_until - mono  # seconds until claims may resume
         timeout = min(self._next_heartbeat, self._next_recovery, self._next_scan) - mono
+        timeout = min(timeout, self.sweeper.due_in(mono))
         timeout = min(timeout, self.intake.recheck_at - now)
         nxt = self.index.next_due()
         if nxt is not None:
@@ -508,7 +527,8 @@ class Worker:
             self.watcher.stop()
         if self.contain is not None:
             self.contain.close()
-        self.spool.remove_heartbeat(self.wid)
+        self.sweeper.close()
+        self.fold_counts()
         c = self.counts
         self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
         if self.stats_fd is not None:
@@ -516,6 +536,18 @@ class Worker:
         if self.signals is not None and self.supervisor is None:
             self.signals.close()  # run inside another program: give it its signals back
         self.sink.close(timeout=0.5)
+
+    def fold_counts(self):
+        """Exiting: this worker's counts go into the spool's totals as its heartbeat goes. If that
+        cannot be done (the lock held too long, a fault), the heartbeat stays, with the final
+        counts, and the recovery that finds this worker gone folds them."""
+        from filelock import Timeout
+
+        try:
+            counters.fold(self.spool, self.wid, self.all_counts())
+        except (Timeout, OSError) as e:
+            self.log(f"could not add this worker's counts to counters.json ({e}); its heartbeat keeps them for recovery")
+            self.heartbeat(time.monotonic(), force=True)
 
     # -- faults and logging -------------------------------------------------------------------
 

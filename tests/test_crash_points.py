@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import Spool as CliSpool, wait_until
-from queuectl import dlq, layout, policy, procs
+from queuectl import dlq, layout, policy, procs, retention
 from queuectl import job as jobdoc
 from queuectl.recovery import Recovery
 from queuectl.settings import Watched, set_value
@@ -139,7 +139,7 @@ def drop_in(ctx, name, data):
     ctx.original = data
 
 
-TMP_RE = re.compile(r"qc-" + WORKER + r"-[0-9a-f]+\.(enqueue|write|fence)\Z")  # queuectl's own tmp/ files
+TMP_RE = re.compile(r"qc-" + WORKER + r"-[0-9a-f]+\.(enqueue|write|fence|purge)\Z")  # queuectl's own tmp/ files
 HEARTBEAT_RE = re.compile(WORKER + r"\.json\Z")
 
 
@@ -195,6 +195,7 @@ def burst(root):
 
 
 Expect = namedtuple("Expect", "listing state attempts error extra", defaults=(None,))
+GONE = "gone"  # Expect.state of a purged job
 # listing: what listing() must return exactly. state None: the file is a drop-in or a rejected file
 # and must hold the bytes its writer wrote; otherwise a job with this state, attempts and last_error
 # (None, or the prefix it must start with); extra(job) may check more.
@@ -204,6 +205,9 @@ def check(ctx, expect, when=""):
     got = listing(ctx.root)
     assert got == expect.listing, f"{when}: spool holds {got}, wanted {expect.listing}"
     places = [(f, n) for f in ("pending", "processing", "done", "dead", "rejected") for n in got.get(f, []) if not n.endswith(".reason")]
+    if expect.state == GONE:  # purged: the job, its logs and its id reservation, all of them
+        assert places == [] and os.listdir(os.path.join(ctx.root, "logs")) == [], f"{when}: {places}"
+        return None
     assert len(places) == 1, f"{when}: the job is in {places}, wanted exactly one place"
     folder, name = places[0]
     if folder == "pending" and name.startswith("TIME_"):
@@ -263,6 +267,20 @@ def make_dead(ctx, doc):
         spool.read_claim(claim), started=t, finished=t, exit_code=1, error=None, worker=spool.wid, log=None, base=2, maximum=0
     )
     assert spool.finish(claim, job, nb) == ("dead", "j1.json")
+
+
+def make_done(ctx, doc):
+    """A job that succeeded at its first attempt, printing a line (logs/j1.1.log), in done/."""
+    job_id = enqueue(ctx, doc)
+    spool, t = ctx.spool(), time.time()
+    claim = spool.take("run", pending_name(ctx, job_id))
+    fd = spool.open_log(job_id, 1)
+    os.write(fd, b"hi\n")
+    os.close(fd)
+    job, nb = policy.record_attempt(
+        spool.read_claim(claim), started=t, finished=t, exit_code=0, error=None, worker=spool.wid, log="j1.1.log", base=2, maximum=0
+    )
+    assert spool.finish(claim, job, nb) == ("done", "j1.json")
 
 
 def stop_twice_from_outside(ctx):
@@ -465,6 +483,15 @@ CASES = {
             "before": Expect(DEAD, "dead", 1, "exited with status 1", _no_previous_run),
             "after": Expect(DONE, "completed", 1, None, _has_previous_run),
         },
+    ),
+    # 11: `queuectl purge` (and retention): done/ -> tmp/*.purge, then its logs, ids/<id>, the file
+    "purge": Case(
+        setup=lambda ctx: make_done(ctx, {"id": "j1", "command": "echo hi"}),
+        step=lambda ctx: retention.purge(ctx.spool(), ["completed"], 0, time.time()),
+        trap=("rename", moves("done", "tmp")),
+        left={"before": DONE, "after": L(tmp=["qc-W.purge"], ids=["j1"])},
+        recovered={"before": Expect(DONE, "completed", 1, None), "after": Expect({}, GONE, None, None)},
+        final={"before": Expect(DONE, "completed", 1, None), "after": Expect({}, GONE, None, None)},
     ),
     # 10: a second stop signal during the attempt: the job goes back to pending/ unchanged
     "release": Case(

@@ -93,3 +93,56 @@ def test_dropin_py_makes_one_job_per_call_and_refuses_a_missing_spool(spool, tmp
     p = subprocess.run(["python3", script, "true"], env=env, capture_output=True, text=True)
     assert (p.returncode, p.stderr) == (1, f"dropin.py: no spool at {tmp_path / 'typo'}; create it with queuectl init\n")
     assert not os.path.exists(tmp_path / "typo")
+
+
+def test_metrics_crontab_line_writes_the_textfile_under_crons_path(spool, tmp_path):
+    """The node_exporter line, run as cron would, with its placeholders made this test's."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = read("examples", "metrics.crontab")
+    [entry] = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    command = entry.split(None, 5)[5]
+    assert command.startswith("/path/to/venv/bin/queuectl metrics --textfile /var/lib/node_exporter/textfile_collector/")
+    assert "command -v queuectl" in text and "--collector.textfile.directory=/var/lib/node_exporter/textfile_collector" in text
+    collector = tmp_path / "textfile_collector"
+    collector.mkdir()
+    command = command.replace("/path/to/venv/bin/queuectl", QUEUECTL).replace("/var/lib/node_exporter/textfile_collector", str(collector))
+    env = {"PATH": "/usr/bin:/bin", "HOME": spool.root, "SHELL": "/bin/sh", "QUEUECTL_SPOOL": spool.root}
+    spool.enqueue({"command": "true"})
+    p = subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert os.listdir(collector) == ["queuectl.prom"]
+    families = {f.name: f for f in text_string_to_metric_families((collector / "queuectl.prom").read_text())}
+    assert {s.labels["state"]: s.value for s in families["queuectl_jobs"].samples}["pending"] == 1
+
+
+def _unit(text):
+    """{key: value} of the [Service] section of a systemd unit (later keys win)."""
+    section, out = None, {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def test_systemd_unit_stops_like_worker_stop(spool):
+    """KillSignal is one SIGTERM (a graceful stop), ExecStop passes `worker stop` its default
+    timeouts, and TimeoutStopSec covers both with room for the SIGKILLs to take effect."""
+    import shlex
+
+    from queuectl.cli import worker_stop
+    from queuectl.timeutil import parse_duration
+
+    unit = _unit(read("examples", "queuectl-worker.service"))
+    assert unit["KillSignal"] == "SIGTERM" and unit["KillMode"] == "mixed"
+    stop = shlex.split(unit["ExecStop"].lstrip("-"))
+    assert stop[:3] == ["/usr/local/bin/queuectl", "worker", "stop"]
+    opts = dict(zip(stop[3::2], stop[4::2]))
+    defaults = {p.opts[0]: p.default for p in worker_stop.params if p.opts[0] in ("--timeout", "--kill-after")}
+    assert opts == defaults == {"--timeout": "60s", "--kill-after": "10s"}
+    timeout, kill_after = parse_duration(opts["--timeout"]), parse_duration(opts["--kill-after"])
+    assert timeout + kill_after + 5 <= parse_duration(unit["TimeoutStopSec"]) <= timeout + kill_after + 60
