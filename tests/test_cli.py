@@ -501,7 +501,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
     try:
         wait_until(lambda: any("_hold@" in n for n in spool.ls("processing")), timeout=20)
         data = spool.json("status", "--json")
-        assert set(data) == {"counts", "workers", "paused"} and data["paused"] is None
+        assert set(data) == {"counts", "workers", "paused", "untrusted"} and data["paused"] is None
         assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
         [w] = data["workers"]
         assert set(w) == {"id", "pid", "host", "job"}
@@ -518,7 +518,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
         go.write_text("")
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out) == (0, "")
-    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": [], "paused": None}
+    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": [], "paused": None, "untrusted": []}
     assert spool.run("logs", "hold", check=0).stdout == "started\nreleased\n"
 
 
