@@ -7,7 +7,7 @@ from queuectl import layout as L
 from queuectl import policy
 from queuectl.errors import JobInvalid, NotFound
 from queuectl.layout import valid_id
-from queuectl.owners import NotYours, check_may_rewrite, keep_owner, may_act_on, user_name
+from queuectl.owners import NotYours, check_may_rewrite, keep_owner, may_act_on, user_name, who_may
 from queuectl.timeutil import now as clock
 
 
@@ -48,7 +48,7 @@ def retry(spool, ids, all_):
             continue
         revived.append(job_id)
     notes = [
-        f"skipped {n} dead job(s) of user {user_name(uid)}: only {user_name(uid)} or root can retry them"
+        f"skipped {n} dead job(s) of user {user_name(uid)}: only {who_may(uid)} can retry them"
         for uid, n in sorted(skipped.items())
     ]
     return revived, errors, notes

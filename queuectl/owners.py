@@ -27,6 +27,12 @@ def user_name(uid):
         return f"uid {uid}"
 
 
+def who_may(uid):
+    """'alice or root' (just 'root' for root's own)."""
+    name = user_name(uid)
+    return name if uid == 0 else f"{name} or root"
+
+
 def may_act_on(uid):
     """May this process act on a file (or process) of UID? Its own user's, or anyone's as root."""
     me = os.geteuid()
@@ -37,8 +43,7 @@ def check_may_rewrite(st, action, what):
     """Refuse ACTION ('retry', 'cancel', ...) of WHAT (e.g. "job 'x'") when the file whose lstat or
     fstat is ST belongs to another user and this process is not root. Raises NotYours."""
     if not may_act_on(st.st_uid):
-        name = user_name(st.st_uid)
-        raise NotYours(f"{what} belongs to user {name}; only {name} or root can {action} it")
+        raise NotYours(f"{what} belongs to user {user_name(st.st_uid)}; only {who_may(st.st_uid)} can {action} it")
 
 
 def keep_owner(st):

@@ -22,7 +22,7 @@ from queuectl.errors import QueuectlError
 from queuectl.layout import OUTCOMES
 from queuectl.logsink import LogSink
 from queuectl import contain
-from queuectl.owners import may_act_on
+from queuectl.owners import may_act_on, who_may
 from queuectl.procs import here, liveness, process_uid, split_worker_id
 from queuectl.recovery import holder_is_dead
 from queuectl.settings import Watched
@@ -388,8 +388,7 @@ def stop(spool, timeout=STOP_TIMEOUT, kill_after=KILL_AFTER, say=None, poll=0.05
     others = [w for w in workers if not may_act_on(w[2])]
     for uid in dict.fromkeys(w[2] for w in others):
         theirs = [w for w in others if w[2] == uid]
-        name = _user_name(uid)
-        say(f"{whose(theirs)} left running: only {name} or root can stop them")
+        say(f"{whose(theirs)} left running: only {who_may(uid) if uid is not None else 'their user or root'} can stop them")
     if others and len(others) == len(workers):
         return 0, 1
     workers = [w for w in workers if may_act_on(w[2])]

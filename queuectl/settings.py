@@ -25,7 +25,7 @@ TABLE = (
     Setting("heartbeat-seconds", "seconds", 5, 0, 28800, "how often a worker refreshes its heartbeat file; at most a third of lease-seconds", True),
     Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
     Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
-    Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
+    Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are left waiting for a worker that trusts their owner"),
 )
 BY_KEY = {s.key: s for s in TABLE}
 _NOUN = {"int": "a whole number", "number": "a number", "seconds": "a number of seconds"}

@@ -490,7 +490,7 @@ def test_init_creates_the_folders_and_is_idempotent(tmp_path):
 def test_status_json_of_an_empty_spool(spool):
     p = spool.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": [], "paused": None}
+    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": [], "paused": None, "untrusted": []}
 
 
 def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
@@ -549,7 +549,7 @@ ORDER = ["p-pending", "c-completed", "d-dead", "f-failed", "x-processing"]  # en
 def test_status_json_counts_every_state(populated):
     p = populated.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None}
+    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None, "untrusted": []}
     assert populated.ls("rejected") == ["junk.json", "junk.json.reason"]  # the reason file is not counted
 
 
