@@ -131,7 +131,9 @@ class Recovery:
     def recover(self, claim, claimed_at, now):
         kill_orphans(claim.name)  # wherever its holder ran: the claim's name is unique
         self._unreachable_orphans(claim.holder)
-        if here(claim.holder):
+        # a holder alive by its pid keeps its jobs: a claim planted under a live worker's id (one its
+        # heartbeat does not name) is lost, but that worker's own jobs must not be killed for it
+        if here(claim.holder) and liveness(claim.holder) is not True:
             killed = contain.kill_lost(claim.holder)  # all its jobs left, escapees included (cgroup)
             if killed:
                 self.log(f"killed {killed} process(es) left running by lost worker {claim.holder}")

@@ -202,15 +202,29 @@ def set_value(path, key, text):
 
     from queuectl.fsio import write_atomic
 
+    st = os.stat(root)
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None  # root's edit stays the owner's
     with FileLock(path + ".lock", timeout=10):
+        if owner is not None:  # root's lock file must not lock the owner out of later changes
+            _give_lock(path + ".lock", owner)
         raw = read_file(path)
         _check_pair(key, value, effective(raw))
         raw[key] = value
-        st = os.stat(root)
         shared = st.st_mode & 0o070  # a group's spool: 0660
-        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None  # root's edit stays the owner's
         write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600, owner=owner)
     return value
+
+
+def _give_lock(lock, owner):
+    """The lock file root just made goes to the spool's owner (never through a planted symlink)."""
+    import stat
+
+    try:
+        st = os.lstat(lock)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+            os.chown(lock, *owner, follow_symlinks=False)
+    except OSError:
+        pass  # the owner's next `config set` says what is wrong with it
 
 
 def _check_pair(key, value, current):

@@ -85,14 +85,15 @@ def test_a_member_cannot_change_the_settings_nor_slip_in_a_config_json(shared):
     assert p.stderr.count("ignoring") == 1, p.stderr  # the worker says it once, in its log
     assert sh.a.json("show", bobs)["state"] == "pending"
 
-    # the owner's change replaces bob's file; root's change keeps the file the owner's (the lock's
-    # mode, made by whoever comes first, is h-fsmodes' part: alice makes it here)
-    sh.a.run("config", "set", "max-retries", "4", check=0)
-    assert sh.b.run("config", "get", "max-retries", check=0).stdout == "4\n"
+    # root's change keeps the file, and the lock file it made, the owner's; the owner's own
+    # change replaces bob's file
     subprocess.run([QUEUECTL, "--spool", sh.root, "config", "set", "max-retries", "5"], check=True, capture_output=True)
     assert os.lstat(sh.path("config.json")).st_uid == sh.uid(sh.alice)
+    assert os.lstat(sh.path("config.json.lock")).st_uid == sh.uid(sh.alice)
     p = sh.a.run("config", "get", "max-retries", check=0)
     assert p.stdout == "5\n" and p.stderr == ""
+    sh.a.run("config", "set", "max-retries", "4", check=0)
+    assert sh.b.run("config", "get", "max-retries", check=0).stdout == "4\n"
 
 
 # -- 2. a job of an owner the worker does not trust waits for a worker that trusts it --------------
@@ -241,6 +242,27 @@ def test_a_heartbeat_planted_by_a_member_does_not_protect_a_planted_claim(shared
     assert p.returncode == 0, p.stderr
     assert claim not in sh.ls("processing")
     assert sh.a.json("show", "held")["history"][0]["error"].startswith("worker lost")
+
+
+def test_a_claim_planted_under_a_live_workers_id_is_recovered_without_touching_its_job(shared):
+    """bob plants a claim named after alice's live worker (which does not hold it): it is lost, and
+    goes back to pending/ as bob's; the job that worker runs goes on, and completes once."""
+    sh = shared
+    short_lease(sh.a)
+    sh.a.start_workers(count=2)
+    wait_until(lambda: len(sh.a.json("status", "--json")["workers"]) == 2, timeout=30)
+    sh.a.enqueue(job(sh, "long", f"sleep 6; id -un > {sh.mark('long')}"))
+    running = wait_until(lambda: [w for w in sh.a.json("status", "--json")["workers"] if w["job"] == "long"], timeout=30)
+    origin = L.pending_name(time.time() - 5, "fake")
+    claim = L.claim_name("run", origin, running[0]["id"])
+    body = json.dumps({"id": "fake", "command": f"id -un > {sh.mark('fake')}", "token": "t"})
+    sh.b.shell(f"printf '%s' '{body}' > {sh.path('tmp', 'f')} && mv {sh.path('tmp', 'f')} {sh.path('processing', claim)}")
+    wait_until(lambda: origin in sh.ls("pending"), timeout=30)
+    assert os.lstat(sh.path("pending", origin)).st_uid == sh.uid(sh.bob)
+    wait_until(lambda: ran_as(sh, "long") == sh.alice, timeout=30)
+    shown = sh.a.json("show", "long")
+    assert shown["state"] == "completed" and shown["attempts"] == 1 and shown["history"][0]["exit_code"] == 0
+    assert ran_as(sh, "fake") is None
 
 
 def test_live_workers_real_claims_are_never_taken(tmp_path):
