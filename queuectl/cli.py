@@ -486,6 +486,9 @@ def dlq_list(ctx, as_json):
 def dlq_retry(ctx, ids, all_):
     """Move dead jobs back to pending with attempts reset to 0.
 
+    Only your own jobs (root: anyone's, which stay their owner's): another user's job named by id
+    is an error; --all skips them and says how many and whose.
+
     \b
     Example:
       queuectl dlq retry backup-1
