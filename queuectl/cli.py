@@ -191,8 +191,10 @@ def worker_stop(ctx, timeout, kill_after):
 
     Workers still running after --timeout get a second SIGTERM (they stop their jobs and put them
     back in pending/), and SIGKILL --kill-after later (their jobs stay claimed until recovery counts
-    them as lost); each escalation is one line on stderr. Exit status 0 if every worker stopped
-    within --timeout, 1 if it had to escalate (or could not signal one).
+    them as lost); each escalation is one line on stderr. In a shared spool only your own workers
+    are stopped (root stops all): other users' are named and left running. Exit status 0 if every
+    worker of yours stopped within --timeout, 1 if it had to escalate, could not signal one, or
+    found only other users' workers.
 
     \b
     Example:
@@ -202,7 +204,8 @@ def worker_stop(ctx, timeout, kill_after):
     from queuectl import pool
 
     n, code = pool.stop(_spool(ctx), timeout=timeout, kill_after=kill_after)
-    click.echo(f"queuectl: {n} worker(s) stopped" if n else "queuectl: no workers running", err=True)
+    if n or code == 0:
+        click.echo(f"queuectl: {n} worker(s) stopped" if n else "queuectl: no workers running", err=True)
     return code
 
 
@@ -229,6 +232,8 @@ def status(ctx, as_json):
     click.echo(f"workers     {len(data['workers'])}")
     for w in data["workers"]:
         click.echo(f"  {w['id']}  pid {w['pid']}  host {w['host']}  job {w['job'] or '-'}")
+    for u in data["untrusted"]:
+        click.echo(f"waiting     {u['pending']} pending job(s) of user {u['user']}: no running worker trusts {u['user']}")
     return 0
 
 
@@ -324,7 +329,7 @@ def _print_table(items, now):
         if j["state"] == "rejected":
             click.echo(f"{j['name']!r:<40} rejected   {j['reason'] or ''}")
             continue
-        err = j.get("last_error") or ""
+        err = j.get("last_error") or ("waiting for " + j["waiting_for"] if j.get("waiting_for") else "")
         times = f"started {relative(j.get('started_at'), now):<11} finished {relative(j.get('finished_at'), now):<11} next {relative(j.get('next_run_at'), now):<11}"
         click.echo(f"{j['id']:<28} {j['state']:<10} attempts {j.get('attempts', 0)}/{1 + j.get('max_retries', 0)}  {times} {j['command'][:40]!r}  {err[:60]}".rstrip())
 
@@ -545,6 +550,9 @@ def dlq_list(ctx, as_json):
 def dlq_retry(ctx, ids, all_):
     """Move dead jobs back to pending with attempts reset to 0.
 
+    Only your own jobs (root: anyone's, which stay their owner's): another user's job named by id
+    is an error; --all skips them and says how many and whose.
+
     \b
     Example:
       queuectl dlq retry backup-1
@@ -555,9 +563,11 @@ def dlq_retry(ctx, ids, all_):
     if not ids and not all_:
         raise BadInput("name the jobs to retry, or use --all")
     spool = _spool(ctx)
-    retried, errors = dlqmod.retry(spool, ids, all_)
+    retried, errors, notes = dlqmod.retry(spool, ids, all_)
     for job_id in retried:
         click.echo(job_id)
+    for note in notes:
+        click.echo(f"queuectl: {note}", err=True)
     for e in errors:
         click.echo(f"queuectl: {e}", err=True)
     return 1 if errors else 0

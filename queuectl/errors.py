@@ -27,3 +27,12 @@ class DuplicateId(QueuectlError):
 
 class SpoolError(QueuectlError):
     """The file system refused an operation on the spool (full disk, read-only, permissions)."""
+
+
+class Untrusted(QueuectlError):
+    """A job file whose owner this worker does not trust: not a fault of the job, so it is left
+    where it is for a worker that trusts its owner (never rejected). UID: that owner."""
+
+    def __init__(self, message, uid=None):
+        super().__init__(message)
+        self.uid = uid

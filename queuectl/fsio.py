@@ -8,7 +8,7 @@ import errno
 import os
 import stat
 
-from queuectl.errors import JobInvalid
+from queuectl.errors import JobInvalid, Untrusted
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
@@ -27,10 +27,13 @@ def write_all(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def write_file(path, data, mode=0o600, sync=True):
-    """Create PATH holding DATA; fsync when asked. Nothing is left at PATH on an error."""
+def write_file(path, data, mode=0o600, sync=True, owner=None):
+    """Create PATH holding DATA; fsync when asked; OWNER (uid, gid): fchown it (root keeping a
+    file another user's). Nothing is left at PATH on an error."""
     fd = create(path, mode)
     try:
+        if owner is not None:
+            os.fchown(fd, *owner)
         write_all(fd, data)
         if sync:
             os.fsync(fd)
@@ -41,10 +44,10 @@ def write_file(path, data, mode=0o600, sync=True):
     os.close(fd)
 
 
-def write_atomic(path, data, mode):
+def write_atomic(path, data, mode, owner=None):
     """Replace PATH with DATA: write beside it, fsync, rename, fsync the folder."""
     tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
-    write_file(tmp, data, mode)
+    write_file(tmp, data, mode, owner=owner)
     try:
         os.rename(tmp, path)
     except BaseException:
@@ -101,16 +104,20 @@ def unlink_quiet(path):
 
 
 def read_regular(path, max_bytes, owners=None):
-    """The bytes of a regular file, refusing anything else without blocking or following links.
+    return read_regular_stat(path, max_bytes, owners)[0]
 
-    OWNERS: the uids whose files are accepted (None: anyone's). Raises JobInvalid (not a regular
-    file, too big, or not trusted), FileNotFoundError (gone).
+
+def read_regular_stat(path, max_bytes, owners=None):
+    """(bytes, fstat) of a regular file, refusing anything else without blocking or following links.
+
+    OWNERS: the uids whose files are accepted (None: anyone's), checked on the file read (fstat).
+    Raises JobInvalid (not a regular file, too big), Untrusted (owned by another uid),
+    FileNotFoundError (gone).
     """
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
-    if owners is not None and st.st_uid not in owners:
-        raise JobInvalid(f"owned by {user(st.st_uid)}, who is not in the trusted-users setting")
+    _check_owner(st, owners)
     if st.st_size > max_bytes:
         raise JobInvalid(f"file is {st.st_size} bytes, over the max-job-bytes limit of {max_bytes}")
     try:
@@ -123,6 +130,7 @@ def read_regular(path, max_bytes, owners=None):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
+        _check_owner(st, owners)  # RACE: another file may have been moved to PATH after the lstat
         chunks, left = [], max_bytes + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 16))
@@ -135,7 +143,12 @@ def read_regular(path, max_bytes, owners=None):
     data = b"".join(chunks)
     if len(data) > max_bytes:
         raise JobInvalid(f"file is over the max-job-bytes limit of {max_bytes}")
-    return data
+    return data, st
+
+
+def _check_owner(st, owners):
+    if owners is not None and st.st_uid not in owners:
+        raise Untrusted(f"owned by {user(st.st_uid)}, whom this worker does not trust (trusted-users)", st.st_uid)
 
 
 def has_writer(path):

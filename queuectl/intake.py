@@ -3,6 +3,9 @@
 A job queuectl accepted (canonical name, valid, carrying its token) goes into the due index. A
 drop-in is adopted: claimed, validated, given its id and queuectl's fields, renamed to its
 canonical name. Anything that is not a valid job is moved to rejected/ with the reason.
+
+A file whose owner this worker does not trust (owners()) is neither: it is left where it is, for
+a worker that trusts its owner. Who owns a job is not a fault of the job.
 """
 
 import errno
@@ -11,7 +14,7 @@ import stat
 
 from queuectl import job as jobdoc
 from queuectl import layout as L
-from queuectl.errors import JobInvalid
+from queuectl.errors import JobInvalid, Untrusted
 from queuectl.settings import trusted_uids
 
 WRITE_GRACE = 2.0  # seconds a young unparsable file in pending/ is given to be finished
@@ -60,10 +63,12 @@ class Intake:
         self.settings = settings
         self.log = log
         self._trusted = (None, None)
+        self.left = {}  # pending/ names left for a worker that trusts their owner: {name: uid}
         self.recheck_at = float("inf")  # when a file left alone by being_written() is due a look
 
     def owners(self):
-        """The uids whose job files run: this worker's user and the trusted-users setting."""
+        """The uids whose job files run: this worker's user and the trusted-users setting. The one
+        place that says whom a worker trusts (intake, claims, recovery and --burst ask it)."""
         value = self.settings["trusted-users"]
         if self._trusted[0] != value:
             self._trusted = (value, trusted_uids(value) | {os.geteuid()})
@@ -72,12 +77,14 @@ class Intake:
     def scan(self, now):
         """Read pending/ in full: the start, and a safety net for missed events."""
         names = sorted(self.spool.listdir("pending"))  # due soonest first: those stay parsed in the index
-        self.index.retain(set(names))
+        present = set(names)
+        self.index.retain(present)
+        self.left = {n: u for n, u in self.left.items() if n in present}
         for name in names:
             self.consider(name, now)
 
     def consider(self, name, now):
-        if name in self.index:
+        if name in self.index or self.untrusted(name):
             return
         nb, job_id = L.parse_pending(name)
         if nb is not None:
@@ -85,6 +92,8 @@ class Intake:
                 doc = self.spool.read("pending", name, jobdoc.read_limit(self.settings["max-job-bytes"]), self.owners())
             except FileNotFoundError:
                 return  # RACE: another worker claimed it meanwhile; it is theirs
+            except Untrusted as e:  # RACE: replaced by another user's file since untrusted() looked
+                return self.leave(name, e.uid)
             except (JobInvalid, OSError):
                 doc = None
             if doc is not None and doc.get("token") and doc.get("id") == job_id:
@@ -93,6 +102,27 @@ class Intake:
         if self.being_written(name, now):
             return
         self.adopt(name, now)
+
+    def untrusted(self, name):
+        """Is pending/NAME a regular file of an owner this worker does not trust? Then it is left
+        (see leave). Not regular (a symlink, a FIFO): not a job whoever owns it, it is rejected."""
+        try:
+            st = self.spool.stat("pending", name)
+        except OSError:
+            return False  # RACE: claimed or removed meanwhile: the next step finds it gone
+        if stat.S_ISREG(st.st_mode) and st.st_uid not in self.owners():
+            self.leave(name, st.st_uid)
+            return True
+        self.left.pop(name, None)  # trusted now (trusted-users changed): take it
+        return False
+
+    def leave(self, name, uid):
+        """Leave pending/NAME for a worker that trusts its owner UID; said once per file."""
+        if self.left.get(name) != uid:
+            self.left[name] = uid
+            from queuectl.owners import user_name
+
+            self.log(f"left pending/{name!r} for a worker that trusts user {user_name(uid)}: this worker does not (trusted-users)")
 
     def being_written(self, name, now):
         """Is NAME a young regular file that does not parse yet and that a writer still has open
@@ -134,6 +164,9 @@ class Intake:
         try:
             doc = self.spool.read_claim(claim, self.settings["max-job-bytes"], self.owners())
             st = self.spool.stat("processing", claim.name)
+        except Untrusted as e:  # RACE: replaced by another user's file since untrusted() looked
+            self.spool.put_back(claim)  # unchanged, still its owner's: never adopted by us
+            return self.leave(name, e.uid)
         except JobInvalid as e:
             return self.reject(claim, str(e), now)
         except FileNotFoundError:

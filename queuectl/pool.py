@@ -22,7 +22,8 @@ from queuectl.errors import QueuectlError
 from queuectl.layout import OUTCOMES
 from queuectl.logsink import LogSink
 from queuectl import contain
-from queuectl.procs import here, liveness, split_worker_id
+from queuectl.owners import may_act_on, who_may
+from queuectl.procs import here, liveness, process_uid, split_worker_id
 from queuectl.recovery import holder_is_dead
 from queuectl.settings import Watched
 from queuectl.stopsignals import HAVE_SIGINFO, STOP_SIGNALS, Requests, descends_from, lineage, sent_from, signame
@@ -269,7 +270,12 @@ def local_workers(spool, now=None):
     now = time.time() if now is None else now
     lease = Watched(spool.config_path)["lease-seconds"]
     live = [wid for wid in spool.worker_ids() if _live(spool, wid, now, lease)]
-    return [(wid, split_worker_id(wid).pid, spool.heartbeat_owner(wid)) for wid in live]
+    out = []
+    for wid in live:
+        pid = split_worker_id(wid).pid
+        uid = process_uid(pid)  # the process's own uid where /proc shows it: a heartbeat can be planted
+        out.append((wid, pid, uid if uid is not None else spool.heartbeat_owner(wid)))
+    return out
 
 
 def _live(spool, wid, now, lease):
@@ -374,9 +380,18 @@ def stop(spool, timeout=STOP_TIMEOUT, kill_after=KILL_AFTER, say=None, poll=0.05
     and exits. Those still running after TIMEOUT seconds get a second SIGTERM: they stop their jobs
     and put them back in pending/. Those still running KILL_AFTER seconds later get SIGKILL (their
     jobs' processes too): their jobs stay claimed until recovery counts them as lost. SAY(line) is
-    told each escalation. Returns (workers found, 0 if all stopped within TIMEOUT, else 1)."""
+    told each escalation. Only this user's workers are stopped, unless run as root: each other
+    user's are named and left running. Returns (workers stopped, 0 if all of this user's stopped
+    within TIMEOUT, else 1; 1 too when every worker found was another user's)."""
     say = say or (lambda line: print(f"queuectl: {line}", file=sys.stderr))
     workers = local_workers(spool)
+    others = [w for w in workers if not may_act_on(w[2])]
+    for uid in dict.fromkeys(w[2] for w in others):
+        theirs = [w for w in others if w[2] == uid]
+        say(f"{whose(theirs)} left running: only {who_may(uid) if uid is not None else 'their user or root'} can stop them")
+    if others and len(others) == len(workers):
+        return 0, 1
+    workers = [w for w in workers if may_act_on(w[2])]
     targets = [_Target(spool, wid, pid, uid) for wid, pid, uid in workers]
     if not targets:
         elsewhere = sum(1 for wid in spool.worker_ids() if not here(wid))

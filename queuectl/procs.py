@@ -131,3 +131,17 @@ def process_alive(pid, start):
     except PermissionError:
         pass  # another user's process: it exists
     return None  # the pid is taken, by whom cannot be told
+
+
+def process_uid(pid):
+    """The effective uid PID runs as, where /proc shows it (else None)."""
+    if not _proc_is_ours():
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -10,11 +10,12 @@ import signal
 import time
 
 from queuectl import contain, counters, policy
-from queuectl.errors import JobInvalid
+from queuectl.errors import JobInvalid, Untrusted
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
 from queuectl.layout import BY_OP
-from queuectl.procs import here, liveness
+from queuectl.owners import user_name
+from queuectl.procs import here, liveness, process_uid, split_worker_id
 from queuectl.runner import CLAIM_ENV
 
 TMP_GRACE = 3600  # seconds before a writer's unfinished file in tmp/ is moved to rejected/
@@ -33,6 +34,32 @@ def holder_is_dead(spool, holder, fs_now, lease, claimed_at=None):
         return not alive
     seen = max(filter(None, (spool.heartbeat_mtime(holder), claimed_at)), default=None)
     return seen is None or fs_now - seen > lease
+
+
+def claim_is_lost(spool, claim, fs_now, lease, claimed_at):
+    """Has CLAIM no live holder? A claim is honoured only while a live worker really holds it:
+    its holder dead (holder_is_dead) loses it; so does a live process that is not the worker the
+    claim names (pid 1, a reused pid of another program): once the claim is older than LEASE, the
+    holder's heartbeat must exist, belong to the uid the holder runs as (where /proc shows it), and
+    name the claim among its `claims`. A younger claim is a command's (dlq retry) or a worker's
+    before its next heartbeat. Another PID namespace: the lease alone decides, as before."""
+    try:
+        alive = liveness(claim.holder)
+    except ValueError:
+        return True
+    if alive is not True:
+        return holder_is_dead(spool, claim.holder, fs_now, lease, claimed_at)
+    if fs_now - claimed_at <= lease:
+        return False
+    proof = spool.heartbeat_with_owner(claim.holder)
+    if proof is None:
+        return True
+    uid, data = proof
+    runs_as = process_uid(split_worker_id(claim.holder).pid)
+    if runs_as is not None and uid != runs_as:
+        return True  # a heartbeat planted by another user vouches for nothing
+    claims = data.get("claims")
+    return not (isinstance(claims, list) and claim.name in claims)
 
 
 def kill_orphans(claim_name):
@@ -65,10 +92,12 @@ def kill_orphans(claim_name):
 
 
 class Recovery:
-    def __init__(self, spool, settings, log):
+    def __init__(self, spool, settings, log, held=None, owners=None):
         self.spool = spool
         self.settings = settings
         self.log = log
+        self.held = held  # () -> names of the claims this worker holds (None: a command, holds none)
+        self.owners = owners  # () -> uids whose jobs this worker rewrites (None: anyone's)
         self.returned = []  # names recovery put back in pending/: the worker reads them at once
         self.counts = counters.zero()  # lost attempts it counted, by what they left their job as
         self.rules = {
@@ -91,25 +120,35 @@ class Recovery:
             if claim.holder == self.spool.wid:
                 if claim.op == "adopt":  # ours, and we are not adopting now: a fault stranded it
                     self.finish_or_put_back(claim, claim.holder, None, now)
+                elif self.held is not None and claim.name not in self.held():
+                    claimed_at = self.spool.claimed_at(claim)  # ours by name, not held: planted, or stranded
+                    if claimed_at is not None:
+                        self.apply_rule(claim, claim.holder, claimed_at, now)
                 continue
             claimed_at = self.spool.claimed_at(claim)
-            if claimed_at is not None and holder_is_dead(self.spool, claim.holder, fs_now, lease, claimed_at):
+            if claimed_at is not None and claim_is_lost(self.spool, claim, fs_now, lease, claimed_at):
                 self.recover(claim, claimed_at, now)
 
     def recover(self, claim, claimed_at, now):
         kill_orphans(claim.name)  # wherever its holder ran: the claim's name is unique
         self._unreachable_orphans(claim.holder)
-        if here(claim.holder):
+        # a holder alive by its pid keeps its jobs: a claim planted under a live worker's id (one its
+        # heartbeat does not name) is lost, but that worker's own jobs must not be killed for it
+        if here(claim.holder) and liveness(claim.holder) is not True:
             killed = contain.kill_lost(claim.holder)  # all its jobs left, escapees included (cgroup)
             if killed:
                 self.log(f"killed {killed} process(es) left running by lost worker {claim.holder}")
         mine = self.spool.take_over(claim)
         if mine is None:
             return
+        self.apply_rule(mine, claim.holder, claimed_at, now)
+
+    def apply_rule(self, mine, holder, claimed_at, now):
+        """Handle MINE, a claim this worker now holds of HOLDER's, by its operation's rule."""
         if mine.job_id is not None and self.spool.locate(mine.job_id, include_processing=False):
             self.spool.drop(mine)  # its transition had committed: the claim is a stale copy
             return
-        self.rules[BY_OP[mine.op].on_lost](mine, claim.holder, claimed_at, now)
+        self.rules[BY_OP[mine.op].on_lost](mine, holder, claimed_at, now)
 
     def _unreachable_orphans(self, holder):
         """Say so when the processes HOLDER left may be out of this worker's reach (another
@@ -121,9 +160,16 @@ class Recovery:
     # -- the rules ------------------------------------------------------------------------------
 
     def count_lost_attempt(self, claim, holder, claimed_at, now):
-        """A worker died running an attempt: it counts as failed (`worker lost`)."""
+        """A worker died running an attempt: it counts as failed (`worker lost`). Only for a job
+        whose owner this worker trusts: the rewrite makes the job its own user's. Another owner's
+        file goes back to pending/ unchanged (still its owner's), for a worker that trusts it."""
         try:
-            job = self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]))
+            job = self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]), self.owners() if self.owners else None)
+        except Untrusted as e:
+            name = self.spool.put_back(claim)
+            self.log(f"put claim {claim.name!r} of lost worker {holder} back in pending/ as {name!r}, unchanged: "
+                     f"it belongs to user {user_name(e.uid)}, whom this worker does not trust")
+            return
         except JobInvalid as e:
             name = self.spool.reject(claim, f"claimed job file is broken: {e}", now)
             self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")

@@ -26,7 +26,7 @@ TABLE = (
     Setting("heartbeat-seconds", "seconds", 5, 0, 28800, "how often a worker refreshes its heartbeat file; at most a third of lease-seconds", True),
     Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
     Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
-    Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
+    Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are left waiting for a worker that trusts their owner"),
     Setting("completed-retention", "duration", 604800, 0, MAX_SECONDS, "completed jobs (with their logs and ids) are removed by workers this long after they finished (7d); 0: kept forever"),
     Setting("dead-retention", "duration", 7776000, 0, MAX_SECONDS, "dead jobs (with their logs and ids) are removed by workers this long after they died (90d); 0: kept forever"),
     Setting("rejected-retention", "duration", 2592000, 0, MAX_SECONDS, "rejected files and their reasons are removed by workers this long after they were rejected (30d); 0: kept forever"),
@@ -121,15 +121,55 @@ def trusted_uids(value):
     return uids
 
 
-def read_file(path):
-    """The settings that were set, as a dict; {} when there is no config.json."""
+def untrusted_writer(st, path):
+    """Why config.json (fstat ST) must not count, or None: only the spool's owner (the owner of
+    its root folder) or root may set what every worker obeys; a group member's file, written or
+    moved over config.json, is ignored."""
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        owner = os.stat(os.path.dirname(path) or ".").st_uid
+    except OSError:
+        owner = None
+    if st.st_uid in (owner, 0):
+        return None
+    from queuectl.owners import user_name
+
+    return (f"ignoring {path}: it belongs to user {user_name(st.st_uid)}, not to the spool's owner "
+            f"{user_name(owner)} (or root); the defaults apply")
+
+
+def _stderr(line):
+    import sys
+
+    print(f"queuectl: warning: {line}", file=sys.stderr)
+
+
+def read_file(path, warn=_stderr):
+    """The settings that were set, as a dict; {} when there is no config.json, or when it was not
+    written by the spool's owner or root (then WARN(line) is told why). The owner is checked on the
+    very file read (fstat), so a file moved over config.json meanwhile cannot slip through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise SpoolError(f"cannot read settings {path}: {e.strerror or e}") from None
+    try:
+        import stat
+
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpoolError(f"cannot read settings {path}: not a regular file")
+        why = untrusted_writer(st, path)
+        if why is not None:
+            if warn is not None:
+                warn(why)
+            return {}
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = json.loads(f.read(1 << 20).decode("utf-8"))
     except (OSError, ValueError) as e:
         raise SpoolError(f"cannot read settings {path}: {e}") from None
+    finally:
+        os.close(fd)
     if not isinstance(data, dict):
         raise SpoolError(f"cannot read settings {path}: not a JSON object")
     return data
@@ -151,8 +191,8 @@ def effective(raw):
     return values
 
 
-def load(path):
-    return effective(read_file(path))
+def load(path, warn=_stderr):
+    return effective(read_file(path, warn))
 
 
 def get(path, key):
@@ -162,18 +202,38 @@ def get(path, key):
 
 def set_value(path, key, text):
     """Validate, then rewrite config.json under its lock. Nothing changes on a bad key or value."""
+    from queuectl.owners import check_may_configure
+
+    root = os.path.dirname(path) or "."
+    check_may_configure(root, path)  # before the lock file or anything else is touched
     value = parse_value(key, text)
     from filelock import FileLock  # only `config set` needs it: keep other commands fast
 
     from queuectl.fsio import write_atomic
 
+    st = os.stat(root)
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None  # root's edit stays the owner's
     with FileLock(path + ".lock", timeout=10):
+        if owner is not None:  # root's lock file must not lock the owner out of later changes
+            _give_lock(path + ".lock", owner)
         raw = read_file(path)
         _check_pair(key, value, effective(raw))
         raw[key] = value
-        shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
-        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600)
+        shared = st.st_mode & 0o070  # a group's spool: 0660
+        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600, owner=owner)
     return value
+
+
+def _give_lock(lock, owner):
+    """The lock file root just made goes to the spool's owner (never through a planted symlink)."""
+    import stat
+
+    try:
+        st = os.lstat(lock)
+        if stat.S_ISREG(st.st_mode) and st.st_uid == 0:
+            os.chown(lock, *owner, follow_symlinks=False)
+    except OSError:
+        pass  # the owner's next `config set` says what is wrong with it
 
 
 def _check_pair(key, value, current):
@@ -204,21 +264,24 @@ def _advice(x, fits):
 class Watched:
     """Settings that a long-running worker re-reads when config.json's mtime changes."""
 
-    def __init__(self, path):
+    def __init__(self, path, warn=None):
         self.path = path
+        self.warn = warn  # told once per version of config.json that does not count (read_file)
         self._mtime = None
         self.values = effective({})
         self.refresh()
 
     def refresh(self):
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
+            # a file moved over config.json keeps its mtime: its inode, ctime and owner tell it
+            mtime = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_uid)
         except OSError:
             mtime = None
         if mtime != self._mtime:
             self._mtime = mtime
             try:
-                self.values = load(self.path)
+                self.values = load(self.path, self.warn)
             except SpoolError:
                 pass  # keep the last good values; a half-edited file by hand must not stop work
         return self.values

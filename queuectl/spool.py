@@ -44,10 +44,11 @@ class Commit:
     """One claimed job's new version on its way into place (Spool.commit): CLAIM is replaced by
     JOB in the folder its state names (pending/ under NOT_BEFORE for a retry)."""
 
-    __slots__ = ("claim", "job", "not_before", "staged", "fence", "dest", "outcome")
+    __slots__ = ("claim", "job", "not_before", "owner", "staged", "fence", "dest", "outcome")
 
-    def __init__(self, claim, job, not_before=None):
+    def __init__(self, claim, job, not_before=None, owner=None):
         self.claim, self.job, self.not_before = claim, job, not_before
+        self.owner = owner  # (uid, gid) the new version gets (root keeping a job its owner's), or None
         self.staged = self.fence = self.dest = self.outcome = None
 
 
@@ -117,15 +118,18 @@ class Spool:
     def _tmp_path(self, purpose):
         return self._path("tmp", f"qc-{self.wid}-{os.urandom(6).hex()}.{purpose}")
 
-    def _stage(self, datas, purpose="write"):
+    def _stage(self, datas, purpose="write", owners=None):
         """Write each of DATAS to a new file in tmp/ and make them all durable (one flush for the
-        batch). Returns the tmp paths; on an error none is left behind."""
+        batch); OWNERS: a (uid, gid) or None per file, to fchown it to. Returns the tmp paths; on
+        an error none is left behind."""
         paths, fds = [], []
         try:
-            for data in datas:
+            for i, data in enumerate(datas):
                 path = self._tmp_path(purpose)
                 fds.append(fsio.create(path, self.file_mode))
                 paths.append(path)
+                if owners and owners[i] is not None:
+                    os.fchown(fds[-1], *owners[i])
                 fsio.write_all(fds[-1], data)
             fsio.flush(fds)
         except BaseException:
@@ -227,6 +231,11 @@ class Spool:
         """Parse and validate FOLDER/NAME. Raises JobInvalid, FileNotFoundError."""
         return jobdoc.validate(jobdoc.parse_bytes(fsio.read_regular(self._path(folder, name), max_bytes, owners)))
 
+    def read_with_stat(self, folder, name, max_bytes=1 << 30):
+        """(job, fstat) of FOLDER/NAME: the owner of the very file whose content was read."""
+        data, st = fsio.read_regular_stat(self._path(folder, name), max_bytes)
+        return jobdoc.validate(jobdoc.parse_bytes(data)), st
+
     def read_claim(self, claim, max_bytes=1 << 30, owners=None):
         return self.read("processing", claim.name, max_bytes, owners)
 
@@ -293,11 +302,12 @@ class Spool:
         """Remove a claim whose transition has committed elsewhere (a stale copy)."""
         fsio.unlink_quiet(self._path("processing", claim.name))
 
-    def finish(self, claim, job, not_before=None):
-        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9).
+    def finish(self, claim, job, not_before=None, owner=None):
+        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9);
+        OWNER: (uid, gid) of the new version (see Commit).
 
         Returns (folder, name), or None when the claim had been taken over (see commit)."""
-        c = Commit(claim, job, not_before)
+        c = Commit(claim, job, not_before, owner)
         try:
             self.commit([c])
         except OSError:
@@ -322,7 +332,7 @@ class Spool:
         items goes on from there."""
         todo = [c for c in items if c.outcome is None]
         fresh = [c for c in todo if c.staged is None]
-        for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh])):
+        for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh], owners=[c.owner for c in fresh])):
             c.staged, c.dest = path, _destination(c.job, c.not_before)
         published, error = [], None
         try:
@@ -560,6 +570,26 @@ class Spool:
             return os.stat(self._path("workers", L.heartbeat_name(wid))).st_mtime
         except OSError:
             return None
+
+    def heartbeat_with_owner(self, wid):
+        """(uid, JSON object) of workers/WID.json, both from the one file read (fstat), or None:
+        recovery's proof that a live process is the worker holding a claim (recovery.claim_is_lost)."""
+        import json
+
+        try:
+            fd = os.open(self._path("workers", L.heartbeat_name(wid)), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            data = json.loads(os.read(fd, 1 << 20))
+        except (OSError, ValueError):
+            return None
+        finally:
+            os.close(fd)
+        return (st.st_uid, data) if isinstance(data, dict) else None
 
     def heartbeat_owner(self, wid):
         """The uid that wrote workers/WID.json (the worker's user), or None."""

@@ -74,8 +74,50 @@ def workers(spool):
 
 
 def status(spool):
-    """Counts, live workers, and the pause ({"since", "by"}) or None."""
-    return {"counts": counts(spool), "workers": workers(spool), "paused": spool.pause_info()}
+    """Counts, live workers, the pause ({"since", "by"}) or None, and the pending jobs that no
+    registered worker trusts the owner of ([{"user", "uid", "pending"}])."""
+    return {"counts": counts(spool), "workers": workers(spool), "paused": spool.pause_info(), "untrusted": untrusted_pending(spool)}
+
+
+def trusted_by_workers(spool):
+    """The uids whose jobs some registered worker runs (the `trusts` of their heartbeats; a
+    heartbeat without it: its owner), or None when no worker is registered."""
+    wids = spool.worker_ids()
+    if not wids:
+        return None
+    uids = set()
+    for wid in wids:
+        trusts = (spool.read_heartbeat(wid) or {}).get("trusts")
+        if isinstance(trusts, list):
+            uids.update(u for u in trusts if isinstance(u, int))
+        else:
+            owner = spool.heartbeat_owner(wid)
+            if owner is not None:
+                uids.add(owner)
+    return uids
+
+
+def _owner(spool, folder, name):
+    try:
+        return spool.stat(folder, name).st_uid
+    except OSError:
+        return None  # RACE: claimed meanwhile
+
+
+def untrusted_pending(spool):
+    """[{"user", "uid", "pending": N}]: jobs waiting in pending/ for a worker that trusts their
+    owner, while the workers that run trust none of them (a worker leaves such files alone)."""
+    trusted = trusted_by_workers(spool)
+    if trusted is None:
+        return []
+    by_uid = {}
+    for name in spool.listdir("pending"):
+        uid = _owner(spool, "pending", name)
+        if uid is not None and uid not in trusted:
+            by_uid[uid] = by_uid.get(uid, 0) + 1
+    from queuectl.owners import user_name
+
+    return [{"user": user_name(uid), "uid": uid, "pending": n} for uid, n in sorted(by_uid.items())]
 
 
 def _latest_entry(job):
@@ -126,6 +168,7 @@ def listing(spool, state=None, limit=None, id_glob=None, since=None, now=None):
             out.append({"name": name, "state": "rejected", "reason": r})
         return out[:limit] if limit is not None else out
     folders = [L.folder_of(state)] if state else L.JOB_FOLDERS
+    trusted = trusted_by_workers(spool) if "pending" in folders else None
     out = []
     for folder in folders:
         for name, claim in _job_files(spool, folder):
@@ -141,6 +184,12 @@ def listing(spool, state=None, limit=None, id_glob=None, since=None, now=None):
                 continue
             if cutoff is not None and not _created_within(job, cutoff):
                 continue
+            if folder == "pending" and trusted is not None:
+                uid = _owner(spool, folder, name)
+                if uid is not None and uid not in trusted:
+                    from queuectl.owners import user_name
+
+                    job["waiting_for"] = f"a worker that trusts user {user_name(uid)}: no running worker does"
             out.append(with_times(spool, job, claim))
     out.sort(key=lambda j: (j.get("created_at") or "", j.get("id") or ""))
     return out[:limit] if limit is not None else out

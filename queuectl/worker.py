@@ -28,7 +28,7 @@ from collections import deque
 from queuectl import layout as L
 from queuectl import contain, counters, policy, runner
 from queuectl.dueindex import DueIndex
-from queuectl.errors import JobInvalid
+from queuectl.errors import JobInvalid, Untrusted
 from queuectl.faults import Faults
 from queuectl.intake import Intake
 from queuectl.job import read_limit
@@ -106,10 +106,11 @@ class Worker:
         self.counts = counters.zero()  # attempts ended, by what they left their job as (counters.py)
         self.index = DueIndex()
         self.faults = Faults(self.log)
-        self.settings = Watched(spool.config_path)
+        self.settings = Watched(spool.config_path, warn=self.log)
         self.unsettled = Unsettled(spool, self.settings)
         self.intake = Intake(spool, self.index, self.settings, self.log)
-        self.recovery = Recovery(spool, self.settings, self.log)
+        self.current = None  # the claim of the job running now
+        self.recovery = Recovery(spool, self.settings, self.log, held=self.held_claims, owners=self.intake.owners)
         self.sweeper = Sweeper(spool, self.settings, self.log)  # retention, a step at a time
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
         self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
@@ -241,6 +242,10 @@ class Worker:
         if self._supervisor_id:
             data["supervisor"] = self._supervisor_id
         data["counts"] = self.all_counts()
+        # what recovery and `status` believe of this worker: the claims it holds (a claim named
+        # by no live worker's heartbeat is lost) and the owners whose jobs it runs
+        data["claims"] = sorted(self.held_claims())
+        data["trusts"] = sorted(self.intake.owners())
         if self.requests.level:
             data["stopping_since"] = iso(self.requests.since)
             data["stop_requested_by"] = self.requests.senders()
@@ -369,6 +374,9 @@ class Worker:
                 return claim, doc
             try:
                 return claim, self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]), self.intake.owners())
+            except Untrusted as e:  # RACE: another user's file was moved to its name meanwhile
+                self.guard("release a job", self.spool.put_back, claim)
+                self.intake.leave(claim.origin, e.uid)
             except JobInvalid as e:
                 self.intake.reject(claim, str(e), now)
             except OSError as e:
@@ -376,7 +384,22 @@ class Worker:
                 self.guard("release a job", self.spool.put_back, claim)
                 return None
 
+    def held_claims(self):
+        """The names of the claims this worker holds now: the running job's and those of results
+        not settled yet. Any other claim under its id is lost (recovery takes it)."""
+        held = {i.claim.name for i in self.unsettled.items}
+        if self.current is not None:
+            held.add(self.current.name)
+        return held
+
     def run_and_finish(self, claim, job):
+        self.current = claim
+        try:
+            self._run_and_finish(claim, job)
+        finally:
+            self.current = None
+
+    def _run_and_finish(self, claim, job):
         seq = policy.attempt_seq(job)
         if not self.spool.logs_writable():
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
@@ -435,7 +458,10 @@ class Worker:
         """Re-read config.json if it changed; a stat at most every SETTINGS_CHECK seconds."""
         if mono >= self._next_settings_check:
             self._next_settings_check = mono + SETTINGS_CHECK
+            trusted = self.settings["trusted-users"]
             self.settings.refresh()
+            if self.settings["trusted-users"] != trusted and self.intake.left:
+                self._next_scan = 0.0  # files left for another owner may be ours now: look at once
 
     def settle_if_due(self):
         """Settle a batch worth it (results.Unsettled.due); returns the seconds until the next
@@ -468,14 +494,21 @@ class Worker:
         return True
 
     def idle_for_good(self, now):
-        """--burst: nothing due and nothing running anywhere in the spool. A paused spool has
-        nothing due: its waiting jobs are left for after `queuectl resume`."""
+        """--burst: nothing due and nothing running anywhere in the spool that this worker could
+        run (a retry of a job running elsewhere): jobs of owners it does not trust are not its
+        work. A paused spool has nothing due: its waiting jobs are left for after `queuectl resume`."""
         if self.unsettled:
             return False
         self.intake.scan(now)
         if self.may_claim(now) or (self.index.has_due(now) and not self.paused):
             return False  # due (or a pause that cannot be read: not known to be paused)
-        return not any(c.op == "run" for c in self.spool.claims())
+        return not any(c.op == "run" and self._trusted_claim(c) for c in self.spool.claims())
+
+    def _trusted_claim(self, claim):
+        try:
+            return self.spool.stat("processing", claim.name).st_uid in self.intake.owners()
+        except OSError:
+            return False  # RACE: settled or taken over meanwhile
 
     def wait(self, now, mono):
         """Sleep until a file arrives, a signal comes, or the next timer (due job, heartbeat)."""

@@ -490,7 +490,7 @@ def test_init_creates_the_folders_and_is_idempotent(tmp_path):
 def test_status_json_of_an_empty_spool(spool):
     p = spool.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": [], "paused": None}
+    assert json.loads(p.stdout) == {"counts": {s: 0 for s in STATES}, "workers": [], "paused": None, "untrusted": []}
 
 
 def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
@@ -501,7 +501,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
     try:
         wait_until(lambda: any("_hold@" in n for n in spool.ls("processing")), timeout=20)
         data = spool.json("status", "--json")
-        assert set(data) == {"counts", "workers", "paused"} and data["paused"] is None
+        assert set(data) == {"counts", "workers", "paused", "untrusted"} and data["paused"] is None
         assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
         [w] = data["workers"]
         assert set(w) == {"id", "pid", "host", "job"}
@@ -518,7 +518,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
         go.write_text("")
     out, err = p.communicate(timeout=30)
     assert (p.returncode, out) == (0, "")
-    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": [], "paused": None}
+    assert spool.json("status", "--json") == {"counts": dict({s: 0 for s in STATES}, completed=1), "workers": [], "paused": None, "untrusted": []}
     assert spool.run("logs", "hold", check=0).stdout == "started\nreleased\n"
 
 
@@ -549,7 +549,7 @@ ORDER = ["p-pending", "c-completed", "d-dead", "f-failed", "x-processing"]  # en
 def test_status_json_counts_every_state(populated):
     p = populated.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None}
+    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None, "untrusted": []}
     assert populated.ls("rejected") == ["junk.json", "junk.json.reason"]  # the reason file is not counted
 
 

@@ -310,7 +310,7 @@ def test_dlq_retry_fsyncs_file_renames_fsyncs_pending_then_drops_the_claim(tmp_p
     assert spool.finish(claim, job, nb) == ("dead", "j1.json")
 
     rec = Recorder(spool.root).install(monkeypatch.setattr)
-    assert dlq.retry(spool, ["j1"], False) == (["j1"], [])
+    assert dlq.retry(spool, ["j1"], False) == (["j1"], [], [])
     rec.on = False
 
     # the claim: a bare rename out of dead/ (then its fence, then the commit)

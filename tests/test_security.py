@@ -52,27 +52,31 @@ def test_init_group_with_an_unknown_group_is_an_error(spool, tmp_path):
 
 
 @root_only
-def test_job_files_of_untrusted_users_are_rejected_until_trusted(spool, tmp_path):
+def test_job_files_of_untrusted_users_are_left_waiting_until_trusted(spool, tmp_path):
+    """An owner the worker does not trust is not a fault of the job: the file stays in pending/
+    (never rejected, never rewritten), status says whom it waits for, and a worker that trusts
+    its owner runs it."""
     subprocess.run(["useradd", "-M", "queuectl-other"], capture_output=True)
     other = pwd.getpwnam("queuectl-other")
     marker = tmp_path / "ran"
-    for name in ("theirs.json", "theirs-later.json"):
-        tmp = spool.path("tmp", name)
-        with open(tmp, "w") as f:
-            json.dump({"command": f"echo {name} >> {marker}"}, f)
-        os.chown(tmp, other.pw_uid, -1)
-        if name == "theirs.json":
-            os.rename(tmp, spool.path("pending", name))
-    spool.run("worker", "start", "--burst", check=0)
-    assert spool.ls("rejected") == ["theirs.json", "theirs.json.reason"]
-    reason = open(spool.path("rejected", "theirs.json.reason")).read()
-    assert "owned by user 'queuectl-other'" in reason and "trusted-users" in reason
+    tmp = spool.path("tmp", "theirs.json")
+    with open(tmp, "w") as f:
+        json.dump({"command": f"echo theirs >> {marker}"}, f)
+    os.chown(tmp, other.pw_uid, -1)
+    os.rename(tmp, spool.path("pending", "theirs.json"))
+    p = spool.run("worker", "start", "--burst", check=0)  # it exits: the file is not its work
+    assert spool.ls("rejected") == [] and spool.ls("pending") == ["theirs.json"]
+    assert os.lstat(spool.path("pending", "theirs.json")).st_uid == other.pw_uid
+    assert "left pending/'theirs.json' for a worker that trusts user queuectl-other" in p.stderr
     assert not marker.exists()
 
+    spool.start_workers()
+    wait_until(lambda: spool.json("status", "--json")["untrusted"])
+    assert spool.json("status", "--json")["untrusted"] == [{"user": "queuectl-other", "uid": other.pw_uid, "pending": 1}]
+    assert "1 pending job(s) of user queuectl-other: no running worker trusts queuectl-other" in spool.run("status", check=0).stdout
     spool.run("config", "set", "trusted-users", "queuectl-other", check=0)
-    os.rename(spool.path("tmp", "theirs-later.json"), spool.path("pending", "theirs-later.json"))
-    spool.run("worker", "start", "--burst", check=0)
-    assert marker.read_text() == "theirs-later.json\n"
+    wait_until(lambda: marker.exists() and spool.counts()["completed"] == 1, timeout=20)
+    assert marker.read_text() == "theirs\n"
 
 
 def test_trusted_users_refuses_unknown_names(spool):
