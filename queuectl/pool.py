@@ -19,7 +19,7 @@ import sys
 import time
 
 from queuectl.errors import QueuectlError
-from queuectl.layout import OUTCOMES
+from queuectl.layout import COUNTED
 from queuectl.logsink import LogSink
 from queuectl import contain
 from queuectl.procs import here, liveness, split_worker_id
@@ -69,7 +69,7 @@ class Supervisor:
         self.burst = burst
         self.children = {}  # pid -> when it started (monotonic), while it runs
         self.requests = Requests()
-        self.totals = dict.fromkeys(OUTCOMES, 0)
+        self.totals = dict.fromkeys(COUNTED, 0)
         self.quick_deaths = []
         self.sink = None
         self.strays = False

@@ -13,6 +13,7 @@ from queuectl import contain, policy
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
+from queuectl import layout as L
 from queuectl.layout import BY_OP
 from queuectl.procs import here, liveness
 from queuectl.runner import CLAIM_ENV
@@ -141,9 +142,13 @@ class Recovery:
             log=None,
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
+            cancelled=self.spool.requested(job["id"], "cancel"),  # asked of the lost worker: done here
         )
-        if self.spool.finish(claim, job, nb) is not None:
-            self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
+        hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold")
+        dest = self.spool.finish(claim, job, nb, hold)
+        if dest is not None:
+            self._answered(job["id"], dest[0])
+            self.log(f"recovered job {job['id']} from lost worker {holder}: now {'held' if hold else job['state']}")
 
     def put_back(self, claim, holder, claimed_at, now):
         """A command died moving a job: the job goes back where it was, unchanged."""
@@ -167,6 +172,12 @@ class Recovery:
             self.spool.drop(claim)
         else:
             self._put_back(claim)
+
+    def _answered(self, job_id, folder):
+        """The job is in FOLDER now: in done/, dead/ or held/ a request for it (cancel, hold) has
+        been answered, and is removed (as the worker does after its commit)."""
+        if folder != "pending":
+            self.spool.drop_requests(job_id)
 
     def _put_back(self, claim):
         name = self.spool.put_back(claim)
@@ -227,6 +238,8 @@ class Recovery:
             return False
         if not self.spool.locate(job["id"], include_processing=True):
             nb = policy.next_run(job, now, self.settings["backoff-base"], self.settings["backoff-max"])
-            self.spool.roll_forward(stage, job, nb)
+            hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold")
+            self.spool.roll_forward(stage, job, nb, hold)
+            self._answered(job["id"], "held" if hold else L.folder_of(job["state"]) if job["state"] in ("completed", "dead") else "pending")
             self.log(f"finished the interrupted commit of job {job['id']}: now {job['state']}")
         return True

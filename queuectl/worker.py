@@ -40,7 +40,7 @@ from queuectl.settings import Watched
 from queuectl.spool import TAKEN_OVER
 from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
 from queuectl.timeutil import iso
-from queuectl.watch import PendingWatcher
+from queuectl.watch import PendingWatcher, poke_on_events, stop_observer
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
@@ -102,7 +102,8 @@ class Worker:
         self.runs = deque(maxlen=8)  # the latest jobs' runs (_Run), newest last
         self._ignored_logged_at = -3600.0
         self.sink = LogSink(note=lambda text: self._line(text))
-        self.counts = dict.fromkeys(L.OUTCOMES, 0)
+        self.counts = dict.fromkeys(L.COUNTED, 0)
+        self.requests_observer = None  # wakes the worker when a request (queuectl cancel) arrives
         self.index = DueIndex()
         self.faults = Faults(self.log)
         self.settings = Watched(spool.config_path)
@@ -160,6 +161,7 @@ class Worker:
         self.signals = StopSignals(self.wake_w)
         self.signals.start()  # before watchdog starts its threads: they inherit the signal mask
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.requests_observer = self.guard("watch requests/", poke_on_events, self.spool.folder_path("requests"), self.wake_w)
         if self.supervisor:
             self._supervisor_id = worker_id(self.supervisor)
         self._watch_at = time.monotonic() + WATCH_DELAY
@@ -380,6 +382,7 @@ class Worker:
             after_spawn=self.settle_if_due,
             contain=self.contain,
             on_spawn=lambda pid: setattr(run, "pid", pid),
+            should_cancel=lambda: self.spool.requested(job["id"], "cancel"),
         )
         try:
             attempt = runner.run(spec)
@@ -437,8 +440,14 @@ class Worker:
                 self.log(f"job {job['id']} attempt {job['attempts']}: result not stored ({_describe(job)}): "
                          "recovery took the job over while this worker was stopped; its new holder owns it")
                 continue
-            self.counts[job["state"]] += 1
-            if job["state"] == "failed":
+            self.counts[L.CANCELLED if policy.was_cancelled(job) else job["state"]] += 1
+            if c.dest[0] != "pending":  # a request (cancel, hold) is answered once its job is there
+                self.guard("remove a request", self.spool.drop_requests, job["id"])
+            if job["state"] == "failed" and c.dest[0] == "pending" and self._hold_late(job["id"], c.dest[1]):
+                detail = "held (queuectl hold, asked as its result was stored)"
+            elif job["state"] == "failed" and c.dest[0] == "held":
+                detail = "held (queuectl hold)"
+            elif job["state"] == "failed":
                 self.index.add(c.dest[1], job.get("priority") or 0, c.not_before, job.get("created_at") or "")
                 detail = f"retry at {iso(c.not_before)}"
             else:
@@ -447,6 +456,16 @@ class Worker:
         if error is not None:
             self.fault("store the results of finished jobs", error)
             return False
+        return True
+
+    def _hold_late(self, job_id, name):
+        """A hold request that came after the attempt's end was recorded but before `queuectl
+        hold` could see the job in pending/ (spool_layout.md, "Held jobs and requests"): hold
+        the retry now. True if it is held (by us, or by the command that raced us)."""
+        if not self.guard("look for a request", self.spool.requested, job_id, "hold"):
+            return False
+        if self.guard("hold a job", self.spool.hold, name):
+            self.guard("remove a request", self.spool.drop_request, job_id, "hold")
         return True
 
     def idle_for_good(self, now):
@@ -506,6 +525,7 @@ class Worker:
             self.pause(min(self.faults.delay, left))
         if self.watcher is not None:
             self.watcher.stop()
+        stop_observer(self.requests_observer)
         if self.contain is not None:
             self.contain.close()
         self.spool.remove_heartbeat(self.wid)
