@@ -146,7 +146,8 @@ class Supervisor:
         os.close(stats_w)
         self._collect_stats()
         t = self.totals
-        self.say(f"workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead")
+        cancelled = f", {t['cancelled']} cancelled" if t.get("cancelled") else ""  # dead by `queuectl cancel`, not counted as dead
+        self.say(f"workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead{cancelled}")
         self.sink.close(timeout=1.0)
         return 0
 

@@ -530,7 +530,8 @@ class Worker:
             self.contain.close()
         self.spool.remove_heartbeat(self.wid)
         c = self.counts
-        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
+        cancelled = f", {c['cancelled']} cancelled" if c["cancelled"] else ""  # their jobs are dead, but did not fail
+        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead{cancelled}")
         if self.stats_fd is not None:
             os.write(self.stats_fd, (json.dumps(self.counts) + "\n").encode())
         if self.signals is not None and self.supervisor is None:

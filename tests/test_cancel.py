@@ -1,0 +1,174 @@
+"""Issue 10: `queuectl cancel ID...` end to end, with real workers through the installed CLI.
+
+A cancelled job is in dead/ with last_error "cancelled" and never runs again unless retried; a
+running one has its whole process tree stopped (TERM, KILL after the 2 s grace) by its worker,
+which the command reaches through a request file in requests/, not through a pid."""
+
+import json
+import os
+import subprocess
+import time
+
+from conftest import QUEUECTL, wait_until
+
+GRACE = 2.0  # runner.KILL_GRACE: the documented SIGTERM -> SIGKILL grace
+
+
+def dead_job(spool, job_id):
+    with open(spool.path("dead", f"{job_id}.json")) as f:
+        return json.load(f)
+
+
+def pids_alive(pidfile):
+    """The pids written to PIDFILE that are still running (not zombies)."""
+    try:
+        with open(pidfile) as f:
+            pids = [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def running(spool, job_id):
+    return any(n.split("@")[0].endswith("_" + job_id) and n.endswith(".json") for n in spool.ls("processing"))
+
+
+def test_cancel_a_pending_job(spool):
+    spool.enqueue({"id": "p1", "command": "true"})
+    p = spool.run("cancel", "p1", check=0)
+    assert p.stdout.startswith("p1: cancelled") and p.stderr == ""
+    job = dead_job(spool, "p1")
+    assert (job["state"], job["last_error"], job["attempts"], job["history"]) == ("dead", "cancelled", 0, [])
+    assert spool.ls("pending") == [] and spool.ls("processing") == [] and spool.ls("requests") == []
+    spool.run("worker", "start", "--burst", check=0)
+    assert spool.counts()["completed"] == 0  # it never runs
+    assert dead_job(spool, "p1")["attempts"] == 0
+
+
+def test_cancel_a_failed_job_waiting_for_its_retry(spool):
+    spool.run("config", "set", "backoff-base", "1000", check=0)  # its retry is far away
+    spool.enqueue({"id": "f1", "command": "exit 4", "max_retries": 3})
+    spool.run("worker", "start", "--burst", check=0)
+    assert spool.show("f1")["state"] == "failed"
+    out = spool.json("cancel", "f1", "--json")
+    assert out == [{"id": "f1", "ok": True, "state": "dead", "note": "cancelled (failed, never runs again unless retried)"}]
+    job = dead_job(spool, "f1")
+    assert (job["state"], job["last_error"], job["attempts"], len(job["history"])) == ("dead", "cancelled", 1, 1)
+    assert job["history"][0]["error"] == "exited with status 4"  # its attempt is recorded as it was
+
+
+def test_cancel_a_completed_or_dead_job_is_refused_and_changes_nothing(spool):
+    spool.enqueue({"id": "ok", "command": "true"})
+    spool.enqueue({"id": "bad", "command": "exit 1", "max_retries": 0})
+    spool.run("worker", "start", "--burst", check=0)
+    before = (spool.ls("done"), spool.ls("dead"))
+    p = spool.run("cancel", "ok", "bad", "nosuch", check=1)
+    assert p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "queuectl: job 'ok' is completed: nothing to cancel",
+        "queuectl: job 'bad' is dead already: nothing to cancel",
+        "queuectl: no job with id 'nosuch'",
+    ]
+    assert (spool.ls("done"), spool.ls("dead")) == before
+    assert dead_job(spool, "bad")["last_error"] == "exited with status 1"
+
+
+def test_cancel_several_ids_exit_1_if_any_fails_and_json_says_which(spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    p = spool.run("cancel", "--json", "a", "zz", check=1)
+    out = json.loads(p.stdout)
+    assert [(r["id"], r["ok"]) for r in out] == [("a", True), ("zz", False)]
+    assert out[1]["error"] == "no job with id 'zz'"
+    assert p.stderr == "queuectl: no job with id 'zz'\n"
+
+
+def test_cancel_a_running_job_kills_its_tree_even_a_child_that_ignores_term(spool, tmp_path):
+    pidfile = tmp_path / "pids"
+    # the shell and a child both ignore SIGTERM: only the SIGKILL after the grace ends them
+    cmd = f"trap '' TERM; sh -c 'trap \"\" TERM; echo $$ >> {pidfile}; sleep 30; true' & echo $$ >> {pidfile}; sleep 30; wait"
+    spool.enqueue({"id": "r1", "command": cmd, "max_retries": 3})
+    spool.start_workers()
+    wait_until(lambda: len(pids_alive(pidfile)) == 2, timeout=20, message="the job and its child never started")
+    t = time.monotonic()
+    p = spool.run("cancel", "r1", check=0)
+    took = time.monotonic() - t
+    assert p.stdout == "r1: cancelled: its running attempt was stopped\n", p.stderr
+    assert took < GRACE + 2.5, f"cancel took {took:.1f} s"
+    assert pids_alive(pidfile) == []  # the whole tree, the TERM-proof child too
+    job = dead_job(spool, "r1")
+    assert (job["state"], job["last_error"], job["attempts"]) == ("dead", "cancelled", 1)
+    assert job["history"][-1]["error"] == "cancelled" and job["history"][-1]["exit_code"] is None
+    assert spool.ls("requests") == [] and spool.ls("processing") == []
+    time.sleep(0.5)  # not a sync: a chance for a wrong retry to show, which the next line refuses
+    assert spool.ls("pending") == [] and spool.counts()["dead"] == 1
+
+
+def test_cancel_from_a_second_process_while_the_worker_runs(spool, tmp_path):
+    """Two cancels race for one running job from two processes: both succeed, the job ends once."""
+    marker = tmp_path / "started"
+    spool.enqueue({"id": "r2", "command": f"touch {marker}; sleep 30"})
+    spool.start_workers()
+    wait_until(marker.exists, timeout=20, message="the job never started")
+    procs = [
+        subprocess.Popen([QUEUECTL, "cancel", "r2"], env=spool.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=30) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], outs
+    job = dead_job(spool, "r2")
+    assert (job["last_error"], job["attempts"]) == ("cancelled", 1)
+    assert spool.ls("requests") == []
+
+
+def test_a_cancel_that_reaches_no_worker_times_out_with_a_clear_message(spool, tmp_path):
+    """A job claimed by a worker that is stopped (SIGSTOP) cannot be cancelled now: exit 1 with
+    why; the request stays, and the job is cancelled once its worker runs again."""
+    marker = tmp_path / "started"
+    spool.enqueue({"id": "r3", "command": f"touch {marker}; sleep 30"})
+    spool.start_workers()
+    wait_until(marker.exists, timeout=20, message="the job never started")
+    (worker,) = spool.live_workers()
+    os.kill(worker["pid"], 19)  # SIGSTOP
+    try:
+        p = spool.run("cancel", "--timeout", "1", "r3", check=1)
+        assert p.stderr.startswith("queuectl: job 'r3' is still running on worker ") and "after 1 s" in p.stderr
+        assert spool.ls("requests") == ["r3.cancel"]
+    finally:
+        os.kill(worker["pid"], 18)  # SIGCONT
+    wait_until(lambda: spool.ls("dead") == ["r3.json"], timeout=20, message="the worker never answered the request")
+    assert dead_job(spool, "r3")["last_error"] == "cancelled"
+    wait_until(lambda: spool.ls("requests") == [], timeout=5)
+
+
+def test_a_cancelled_job_runs_again_only_after_retry(spool):
+    spool.enqueue({"id": "c1", "command": "true"})
+    spool.run("cancel", "c1", check=0)
+    spool.run("worker", "start", "--burst", check=0)
+    assert spool.ls("dead") == ["c1.json"]
+    assert spool.run("retry", "c1", check=0).stdout == "c1: revived from dead/ with attempts 0\n"
+    spool.run("worker", "start", "--burst", check=0)
+    assert spool.ls("done") == ["c1.json"]
+
+
+def test_the_worker_counts_a_cancelled_attempt_as_cancelled(spool, tmp_path):
+    """A cancelled attempt ends its job in dead/ but is counted apart from the dead ones."""
+    marker = tmp_path / "started"
+    spool.enqueue({"id": "k1", "command": f"touch {marker}; sleep 30"})
+    p = spool.start_workers()
+    wait_until(marker.exists, timeout=20, message="the job never started")
+    spool.run("cancel", "k1", check=0)
+    p.send_signal(15)
+    _, err = p.communicate(timeout=30)
+    assert "job k1 attempt 1: cancelled, now dead" in err
+    assert [l for l in err.splitlines() if l.startswith("queuectl: workers stopped:")] == [
+        "queuectl: workers stopped: 0 completed, 0 failed, 0 dead, 1 cancelled"
+    ]
