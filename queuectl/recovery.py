@@ -82,6 +82,7 @@ class Recovery:
         whether a holder is lost are measured on the spool's own clock (Spool.fs_now)."""
         fs_now = self.spool.fs_now(now)
         self.claims(now, fs_now)
+        self.requests()
         self.heartbeats(fs_now)
         self.tmp(now, fs_now)
 
@@ -183,6 +184,15 @@ class Recovery:
         name = self.spool.put_back(claim)
         if BY_OP[claim.op].source == "pending":
             self.returned.append(name)
+
+    def requests(self):
+        """Remove requests (cancel, hold) answered already: their job is in done/, dead/ or
+        held/. A worker or recovery that died after its commit left them. (A job found nowhere
+        may be between the fence and the publish of its commit: its request is left.)"""
+        for job_id, kind in self.spool.requests():
+            where = self.spool.locate(job_id, include_processing=False)
+            if where is not None and where[0] != "pending":
+                self.spool.drop_request(job_id, kind)
 
     # -- what dead workers leave beside claims ----------------------------------------------------
 

@@ -670,6 +670,10 @@ class Spool:
         """Is there a request KIND for job ID? One lstat (a running job's worker asks on each wake)."""
         return os.path.lexists(self._path("requests", L.request_name(job_id, kind)))
 
+    def requests(self):
+        """[(id, kind)] of the requests in requests/."""
+        return [r for r in map(L.parse_request, self.listdir("requests")) if r is not None]
+
     def drop_request(self, job_id, kind):
         fsio.unlink_quiet(self._path("requests", L.request_name(job_id, kind)))
 
