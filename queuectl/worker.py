@@ -161,7 +161,6 @@ class Worker:
         self.signals = StopSignals(self.wake_w)
         self.signals.start()  # before watchdog starts its threads: they inherit the signal mask
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.requests_observer = self.guard("watch requests/", poke_on_events, self.spool.folder_path("requests"), self.wake_w)
         if self.supervisor:
             self._supervisor_id = worker_id(self.supervisor)
         self._watch_at = time.monotonic() + WATCH_DELAY
@@ -379,7 +378,7 @@ class Worker:
             wakeup_fd=self.wake_r,
             on_tick=self._tick,
             should_abort=lambda: self.take_signals() >= 2,
-            after_spawn=self.settle_if_due,
+            after_spawn=self._after_spawn,
             contain=self.contain,
             on_spawn=lambda pid: setattr(run, "pid", pid),
             should_cancel=lambda: self.spool.requested(job["id"], "cancel"),
@@ -405,6 +404,23 @@ class Worker:
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
+
+    def _after_spawn(self):
+        self.watch_requests()
+        return self.settle_if_due()
+
+    def watch_requests(self):
+        """Watch requests/ (queuectl cancel), from the first job on: started once its job runs,
+        so that watchdog's start-up cost never delays a job (the job's request was looked for
+        right after its spawn)."""
+        if self.requests_observer is not None:
+            return
+        try:
+            self.requests_observer = poke_on_events(self.spool.folder_path("requests"), self.wake_w)
+        except Exception as e:  # no inotify left (max_user_watches): requests are still read at every tick
+            self.requests_observer = False
+            self.log(f"cannot watch requests/ ({e}): a cancel is seen within heartbeat-seconds, not at once")
+        runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
 
     def _tick(self):
         """While a job runs: settings, heartbeat, and earlier results made durable within
@@ -525,7 +541,7 @@ class Worker:
             self.pause(min(self.faults.delay, left))
         if self.watcher is not None:
             self.watcher.stop()
-        stop_observer(self.requests_observer)
+        stop_observer(self.requests_observer or None)
         if self.contain is not None:
             self.contain.close()
         self.spool.remove_heartbeat(self.wid)
