@@ -451,10 +451,11 @@ def _act_on_jobs(ids, as_json, act):
             r = act(job_id)
         except BadInput:
             raise
-        except Error as e:
+        except (Error, OSError) as e:  # one job the spool refuses does not stop the others
             failed = True
-            click.echo(f"queuectl: {e}", err=True)
-            out.append({"id": job_id, "ok": False, "error": str(e)})
+            why = str(e) if isinstance(e, Error) else f"job {job_id!r}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+            click.echo(f"queuectl: {why}", err=True)
+            out.append({"id": job_id, "ok": False, "error": why})
             continue
         out.append({"id": r.id, "ok": True, "state": r.state, "note": r.note})
         if not as_json:

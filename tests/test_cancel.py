@@ -172,3 +172,43 @@ def test_the_worker_counts_a_cancelled_attempt_as_cancelled(spool, tmp_path):
     assert [l for l in err.splitlines() if l.startswith("queuectl: workers stopped:")] == [
         "queuectl: workers stopped: 0 completed, 0 failed, 0 dead, 1 cancelled"
     ]
+
+
+def test_a_worker_that_claims_the_job_between_the_look_and_the_rename(tmp_path):
+    """The race of transition 11 with a claim (4): cancel looks, finds the job pending, but a
+    worker's claim wins the rename. cancel must then find it running, ask its worker through
+    requests/, and report success only once the worker has ended it cancelled."""
+    import threading
+
+    from queuectl import jobctl, policy
+    from queuectl import job as jobdoc
+    from queuectl.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool")).ensure()
+    spool.enqueue([jobdoc.accept({"id": "race", "command": "true"}, time.time(), 3)])
+    holder = "otherhost.1.2.n00000000"
+    claimed = {}
+
+    class Racing(Spool):
+        def take(self, op, origin):
+            if op == "cancel" and not claimed:  # the worker's rename lands first
+                claimed["name"] = f"{origin[:-5]}@{holder}.json"
+                os.rename(self._path("pending", origin), self._path("processing", claimed["name"]))
+            return super().take(op, origin)
+
+    def worker():  # answers the request as a worker does: stop, record cancelled, commit
+        wait_until(lambda: spool.requested("race", "cancel"), timeout=10, message="no request came")
+        claim = [c for c in spool.claims() if c.job_id == "race"][0]
+        t = time.time()
+        job, nb = policy.record_attempt(spool.read_claim(claim), started=t, finished=t, exit_code=None, error=None,
+                                        worker=holder, log=None, base=2, maximum=0, cancelled=True)
+        spool.finish(claim, job, nb)
+
+    th = threading.Thread(target=worker)
+    th.start()
+    result = jobctl.cancel(Racing(spool.root), "race", time.time(), time.monotonic, timeout=10)
+    th.join()
+    assert claimed and result.state == "dead" and result.note == "cancelled: its running attempt was stopped"
+    job = json.load(open(os.path.join(spool.root, "dead", "race.json")))
+    assert (job["last_error"], job["attempts"]) == ("cancelled", 1)
+    assert os.listdir(os.path.join(spool.root, "requests")) == []

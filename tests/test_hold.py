@@ -164,3 +164,36 @@ def test_every_job_command_has_an_example_in_its_help(spool):
     for cmd in ("cancel", "hold", "release", "retry"):
         out = spool.run(cmd, "--help", check=0).stdout
         assert "Example:" in out and f"queuectl {cmd} " in out, out
+
+
+def test_a_hold_that_races_the_commit_of_a_retry(tmp_path):
+    """hold finds the job running and writes its request, but the worker had recorded the end of
+    the attempt just before and commits the retry to pending/: hold finds it there, holds it
+    itself, and removes its request."""
+    import time
+
+    from queuectl import jobctl, policy
+    from queuectl import job as jobdoc
+    from queuectl.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool")).ensure()
+    spool.enqueue([jobdoc.accept({"id": "race", "command": "false", "max_retries": 3}, time.time(), 3)])
+    (name,) = spool.listdir("pending")
+    claim = spool.take("run", name)
+    committed = []
+
+    class Racing(Spool):
+        def request(self, job_id, kind, data):
+            if not committed:  # the worker's commit of the retry lands just before the request
+                t = time.time()
+                job, nb = policy.record_attempt(spool.read_claim(claim), started=t, finished=t, exit_code=1, error=None,
+                                                worker=spool.wid, log=None, base=2, maximum=0)
+                committed.append(spool.finish(claim, job, nb))
+            return super().request(job_id, kind, data)
+
+    result = jobctl.hold(Racing(spool.root), "race", time.time())
+    assert committed and committed[0][0] == "pending"
+    assert (result.state, result.note) == ("held", "held")
+    assert [n.endswith("_race.json") for n in spool.listdir("held")] == [True]
+    assert spool.listdir("pending") == [] and spool.listdir("requests") == []
+    assert json.load(open(os.path.join(spool.root, "held", spool.listdir("held")[0])))["attempts"] == 1
