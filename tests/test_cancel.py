@@ -218,3 +218,20 @@ def test_a_worker_that_claims_the_job_between_the_look_and_the_rename(tmp_path):
     job = json.load(open(os.path.join(spool.root, "dead", "race.json")))
     assert (job["last_error"], job["attempts"]) == ("cancelled", 1)
     assert os.listdir(os.path.join(spool.root, "requests")) == []
+
+
+def test_a_running_job_notices_its_cancel_within_a_second_not_at_its_next_tick(spool, tmp_path):
+    """The worker wakes on the request's file-system event: with a heartbeat (its tick while a
+    job runs) of 20 s, a job that obeys SIGTERM is still cancelled at once."""
+    spool.run("config", "set", "lease-seconds", "120", check=0)
+    spool.run("config", "set", "heartbeat-seconds", "20", check=0)
+    marker = tmp_path / "started"
+    spool.enqueue({"id": "q", "command": f"touch {marker}; sleep 60"})
+    spool.start_workers()
+    wait_until(marker.exists, timeout=20, message="the job never started")
+    time.sleep(0.3)  # not a sync: past the spawn-time look, so only the event can wake the worker
+    t = time.monotonic()
+    spool.run("cancel", "q", check=0)
+    took = time.monotonic() - t
+    assert took < 3.0, f"cancel took {took:.1f} s"
+    assert dead_job(spool, "q")["last_error"] == "cancelled"
