@@ -21,7 +21,7 @@ from collections import namedtuple
 
 from queuectl import layout as L
 from queuectl import policy
-from queuectl.errors import JobInvalid, NotFound, QueuectlError
+from queuectl.errors import JobInvalid, NotFound, Refused
 from queuectl.layout import valid_id
 
 Result = namedtuple("Result", "id state note")
@@ -31,15 +31,13 @@ CANCEL_TIMEOUT = 30.0  # seconds `cancel` waits for a running job's worker to en
 SAFETY = 1.0  # seconds between looks at a running job while waiting, should an event be missed
 
 
-class Refused(QueuectlError):
-    """The job is in a state the command does not act on (exit 1, with the reason)."""
-
-
 def _check_may_rewrite(spool, folder, name, job_id):
-    """May this process change the job file FOLDER/NAME? Its owner may, and root.
+    """May this process move or rewrite the job file FOLDER/NAME? Its owner may, and root.
 
-    The one place every command here asks; the merge points it at h-trust's owner check (which
-    also makes root keep the owner of what it rewrites)."""
+    The one place every command here asks, before each move of a waiting job; the merge points
+    it at h-trust's owner check (which also makes root keep the owner of what it rewrites). A
+    request to a running job's worker (requests/) is not a rewrite by this process: whoever may
+    write into requests/ may ask (spool_layout.md, Security), so it is not checked here."""
     try:
         uid = spool.stat(folder, name).st_uid
     except FileNotFoundError:
@@ -106,7 +104,6 @@ def cancel(spool, job_id, now, clock, events=None, timeout=CANCEL_TIMEOUT):
     try:
         while True:
             folder, name, claim = _where(spool, job_id)
-            _check_may_rewrite(spool, folder, name, job_id)
             if folder == "done":
                 if asked:
                     spool.drop_request(job_id, "cancel")
@@ -121,6 +118,7 @@ def cancel(spool, job_id, now, clock, events=None, timeout=CANCEL_TIMEOUT):
                     raise Refused(f"job {job_id!r} died of its own ({job.get('last_error')}) before it could be cancelled")
                 raise Refused(f"job {job_id!r} is dead already{' (cancelled)' if job.get('last_error') == L.CANCELLED else ''}: nothing to cancel")
             if folder in ("pending", "held"):
+                _check_may_rewrite(spool, folder, name, job_id)
                 result = _cancel_waiting(spool, job_id, folder, name, now)
                 if result is None:
                     continue  # RACE: a worker claimed it first: it is running now
@@ -180,7 +178,6 @@ def hold(spool, job_id, now):
     asked = False
     for _ in range(100):  # each turn follows a move by another process; 100 is a livelock
         folder, name, claim = _where(spool, job_id)
-        _check_may_rewrite(spool, folder, name, job_id)
         if folder == "held":
             return Result(job_id, "held", "held" if asked else "held already")
         if folder in ("done", "dead"):
@@ -188,6 +185,7 @@ def hold(spool, job_id, now):
                 spool.drop_request(job_id, "hold")
             raise Refused(f"job {job_id!r} is {L.state_in(folder, {})}: nothing to hold")
         if folder == "pending":
+            _check_may_rewrite(spool, folder, name, job_id)
             if spool.hold(name):
                 if asked:
                     spool.drop_request(job_id, "hold")
@@ -208,7 +206,8 @@ def release(spool, job_id):
     not-before time (due at once if that has passed). A running job's hold request is withdrawn."""
     for _ in range(100):
         folder, name, claim = _where(spool, job_id)
-        _check_may_rewrite(spool, folder, name, job_id)
+        if folder == "held":
+            _check_may_rewrite(spool, folder, name, job_id)
         asked = spool.requested(job_id, "hold")
         if asked:  # first: a worker must not answer it once we have released the job
             spool.drop_request(job_id, "hold")
@@ -230,7 +229,8 @@ def retry(spool, job_id, now):
     renamed due now, keeping its attempts (transition 16); a dead one is revived as by `dlq retry`."""
     for _ in range(100):
         folder, name, claim = _where(spool, job_id)
-        _check_may_rewrite(spool, folder, name, job_id)
+        if folder in ("pending", "held", "dead"):
+            _check_may_rewrite(spool, folder, name, job_id)
         if folder == "dead":
             from queuectl import dlq
 

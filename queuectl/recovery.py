@@ -10,10 +10,10 @@ import signal
 import time
 
 from queuectl import contain, policy
+from queuectl import layout as L
 from queuectl.errors import JobInvalid
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
-from queuectl import layout as L
 from queuectl.layout import BY_OP
 from queuectl.procs import here, liveness
 from queuectl.runner import CLAIM_ENV

@@ -235,3 +235,38 @@ def test_a_running_job_notices_its_cancel_within_a_second_not_at_its_next_tick(s
     took = time.monotonic() - t
     assert took < 3.0, f"cancel took {took:.1f} s"
     assert dead_job(spool, "q")["last_error"] == "cancelled"
+
+
+def test_another_users_shell_cancels_a_running_job_through_the_spool_but_may_not_move_a_waiting_one():
+    """In a spool shared through a group: user A cancels root's running job (a request its worker
+    answers, no pid or signal of A's involved), but may not move root's waiting job (owner check);
+    root may cancel A's waiting job."""
+    import shutil
+    import tempfile
+
+    from conftest import Spool
+    from unixusers import UserSpool, users
+
+    with users(1, group=True) as ((a,), group):
+        parent = tempfile.mkdtemp(prefix="qc-cancel-", dir="/tmp")
+        os.chmod(parent, 0o755)
+        root = Spool(os.path.join(parent, "spool"))
+        try:
+            root.run("init", "--group", group, check=0)
+            root.run("config", "set", "trusted-users", f"root,{a}", check=0)
+            user = UserSpool(root.root, a)
+            marker = os.path.join(parent, "started")
+            root.enqueue({"id": "run", "command": f"touch {marker}; sleep 60"})
+            root.enqueue({"id": "wait", "command": "true", "run_at": "2099-01-01T00:00:00Z"})
+            user.enqueue({"id": "mine", "command": "true", "run_at": "2099-01-01T00:00:00Z"})
+            root.start_workers()
+            wait_until(lambda: os.path.exists(marker), timeout=20, message="the job never started")
+            p = user.run("cancel", "run", "wait", check=1)
+            assert p.stdout == "run: cancelled: its running attempt was stopped\n", p.stderr
+            assert p.stderr == "queuectl: job 'wait' belongs to uid 0; only its owner or root may change it\n"
+            assert json.load(open(root.path("dead", "run.json")))["last_error"] == "cancelled"
+            assert root.show("wait")["state"] == "pending"
+            assert root.run("cancel", "mine", check=0).stdout.startswith("mine: cancelled")
+        finally:
+            root.stop_all()
+            shutil.rmtree(parent, ignore_errors=True)
