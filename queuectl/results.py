@@ -46,7 +46,7 @@ class Finished:
             cancelled=cancelled,
         )
         hold = job["state"] == "failed" and requested(job_id, "hold")
-        self.commit = Commit(self.claim, job, not_before, hold)
+        self.commit = Commit(self.claim, job, not_before, hold, answers=cancelled or hold)
 
 
 class Unsettled:

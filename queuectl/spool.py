@@ -45,10 +45,11 @@ class Commit:
     JOB in the folder its state names (pending/ under NOT_BEFORE for a retry; held/ instead with
     HOLD, when `queuectl hold` asked for it while the attempt ran)."""
 
-    __slots__ = ("claim", "job", "not_before", "hold", "staged", "fence", "dest", "outcome")
+    __slots__ = ("claim", "job", "not_before", "hold", "answers", "staged", "fence", "dest", "outcome")
 
-    def __init__(self, claim, job, not_before=None, hold=False):
+    def __init__(self, claim, job, not_before=None, hold=False, answers=False):
         self.claim, self.job, self.not_before, self.hold = claim, job, not_before, hold
+        self.answers = answers  # it answers a request (requests/ID.*): remove it once published
         self.staged = self.fence = self.dest = self.outcome = None
 
 

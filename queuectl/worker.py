@@ -457,7 +457,7 @@ class Worker:
                          "recovery took the job over while this worker was stopped; its new holder owns it")
                 continue
             self.counts[L.CANCELLED if policy.was_cancelled(job) else job["state"]] += 1
-            if c.dest[0] != "pending":  # a request (cancel, hold) is answered once its job is there
+            if c.answers:  # the request it answered is done with (one that came later: its command removes it)
                 self.guard("remove a request", self.spool.drop_requests, job["id"])
             if job["state"] == "failed" and c.dest[0] == "pending" and self._hold_late(job["id"], c.dest[1]):
                 detail = "held (queuectl hold, asked as its result was stored)"
