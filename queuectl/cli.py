@@ -509,6 +509,127 @@ def metrics(ctx, textfile):
     return 0
 
 
+def _act_on_jobs(ids, as_json, act):
+    """Run ACT(id) -> jobctl.Result for each of IDS; print one line per job (or a JSON array);
+    exit 1 if any could not be acted on (one line on stderr each, why), else 0."""
+    from queuectl.errors import QueuectlError as Error
+
+    out, failed = [], False
+    for job_id in dict.fromkeys(ids):
+        try:
+            r = act(job_id)
+        except BadInput:
+            raise
+        except (Error, OSError) as e:  # one job the spool refuses does not stop the others
+            failed = True
+            why = str(e) if isinstance(e, Error) else f"job {job_id!r}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+            click.echo(f"queuectl: {why}", err=True)
+            out.append({"id": job_id, "ok": False, "error": why})
+            continue
+        out.append({"id": r.id, "ok": True, "state": r.state, "note": r.note})
+        if not as_json:
+            click.echo(f"{r.id}: {r.note}" if r.note else r.id)
+    if as_json:
+        _emit_json(out)
+    return 1 if failed else 0
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--timeout", type=Duration(), default="30s", show_default=True, metavar="DURATION",
+              help="How long to wait for the worker of a running job to stop it.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array: one {id, ok, state, note or error} per job.")
+@click.pass_context
+def cancel(ctx, ids, timeout, as_json):
+    """Cancel jobs for good: they go to the dead-letter queue with last_error "cancelled", and
+    never run again unless `retry` or `dlq retry` revives them.
+
+    A pending, failed or held job moves at once. A running job is stopped by its worker, wherever
+    it runs (a request in SPOOL/requests/): its whole process tree gets SIGTERM, then SIGKILL 2 s
+    later, and the attempt ends cancelled; this waits for that (--timeout). A completed or dead job
+    is left alone. Exit status 0 if every job given was cancelled, else 1 (one line on stderr each).
+
+    \b
+    Example:
+      queuectl cancel backup-1 report
+      queuectl cancel --timeout 2m --json nightly
+    """
+    import time
+
+    from queuectl import jobctl
+    from queuectl.watch import FolderEvents
+
+    spool = _spool(ctx)
+
+    def events(folders):
+        return FolderEvents([spool.folder_path(f) for f in folders]).start()
+
+    return _act_on_jobs(ids, as_json, lambda i: jobctl.cancel(spool, i, time.time(), time.monotonic, events, timeout))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array: one {id, ok, state, note or error} per job.")
+@click.pass_context
+def hold(ctx, ids, as_json):
+    """Put jobs on hold: no worker claims them until `release` (they wait in SPOOL/held/).
+
+    A running job is held when its attempt ends, if it would be retried; one that completes or
+    dies stays so. Exit status 0 if every job given is (or will be) held, else 1.
+
+    \b
+    Example:
+      queuectl hold nightly && queuectl list --state held
+    """
+    import time
+
+    from queuectl import jobctl
+
+    spool = _spool(ctx)
+    return _act_on_jobs(ids, as_json, lambda i: jobctl.hold(spool, i, time.time()))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array: one {id, ok, state, note or error} per job.")
+@click.pass_context
+def release(ctx, ids, as_json):
+    """Release held jobs: pending again, keeping their attempts and their next run time (due at
+    once if it has passed). For a running job, its hold request is withdrawn. Exit status 0 if
+    every job given was held, else 1.
+
+    \b
+    Example:
+      queuectl release nightly
+    """
+    from queuectl import jobctl
+
+    spool = _spool(ctx)
+    return _act_on_jobs(ids, as_json, lambda i: jobctl.release(spool, i))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, required=True, metavar="ID...")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array: one {id, ok, state, note or error} per job.")
+@click.pass_context
+def retry(ctx, ids, as_json):
+    """Run jobs as soon as a worker is free: a failed job waiting for its back-off (or a job
+    scheduled for later) becomes due now, keeping its attempts; a held job is released, due now;
+    a dead job goes back to pending with attempts 0, as `dlq retry`. A running or completed job
+    is left alone. Exit status 0 if every job given is due now, else 1.
+
+    \b
+    Example:
+      queuectl retry report backup-1
+    """
+    import time
+
+    from queuectl import jobctl
+
+    spool = _spool(ctx)
+    return _act_on_jobs(ids, as_json, lambda i: jobctl.retry(spool, i, time.time()))
+
+
 @cli.group()
 def dlq():
     """The dead-letter queue: jobs that failed every attempt.

@@ -21,6 +21,10 @@ class NotFound(QueuectlError):
     """No job with that id (in the states asked about)."""
 
 
+class Refused(QueuectlError):
+    """The job is in a state a command does not act on (`cancel` of a completed job...)."""
+
+
 class DuplicateId(QueuectlError):
     """The id is taken by a job in some state."""
 

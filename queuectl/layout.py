@@ -18,7 +18,7 @@ def valid_id(value):
     return isinstance(value, str) and _ID_RE.match(value) is not None
 
 
-FOLDERS = ("tmp", "pending", "processing", "done", "dead", "rejected", "logs", "workers", "ids")
+FOLDERS = ("tmp", "pending", "held", "processing", "done", "dead", "rejected", "logs", "workers", "ids", "requests")
 PAUSED = "paused"  # a file in the spool's root: while it exists, workers claim nothing (queuectl pause)
 COUNTERS = "counters.json"  # in the spool's root: totals of ended attempts (counters.py), under COUNTERS.lock
 
@@ -32,6 +32,7 @@ STATES = (
     State("completed", "done", "a final name", "its last attempt exited 0", True),
     State("failed", "pending", "a pending name; `attempts` > 0", "failed at least once, waiting for its retry (the name says when)", True),
     State("dead", "dead", "a final name", "failed `1 + max_retries` times: the dead-letter queue", True),
+    State("held", "held", "a pending name", "held by `queuectl hold`: never claimed until `queuectl release` (its name keeps its not-before)", False),
     State("rejected", "rejected", "any name but `NAME.reason`", "not a valid job: kept byte for byte, with `NAME.reason` beside it", False),
 )
 BY_STATE = {s.name: s for s in STATES}
@@ -39,6 +40,10 @@ STATE_NAMES = tuple(s.name for s in STATES)
 JOB_STATES = tuple(s.name for s in STATES if s.name != "rejected")
 OUTCOMES = tuple(s.name for s in STATES if s.outcome)
 CONTENT_STATES = tuple(s.name for s in STATES if s.folder in ("pending", "done", "dead"))  # a job file's `state`
+CANCELLED = "cancelled"  # the `last_error` of a cancelled job, and its attempt's `error`
+# what a worker counts per ended attempt: its job's new state, or `cancelled` for an attempt that
+# `queuectl cancel` stopped (its job is dead, but it did not fail)
+COUNTED = OUTCOMES + (CANCELLED,)
 JOB_FOLDERS = tuple(dict.fromkeys(BY_STATE[s].folder for s in JOB_STATES))  # where job files live
 FINAL_FOLDERS = ("done", "dead")  # named by id alone: a job there is found in one lookup
 
@@ -53,6 +58,8 @@ def state_in(folder, job, claim=None):
     if folder == "pending":
         return "failed" if job.get("attempts") else "pending"
     if folder == "processing":
+        if claim and claim.op == "cancel":  # shown as pending or failed, as the content says
+            return "failed" if job.get("attempts") else "pending"
         return BY_OP[claim.op].shows_as if claim else "processing"
     return next(s.name for s in STATES if s.folder == folder)
 
@@ -66,6 +73,8 @@ OPS = (
     Op("run", "json", "pending", "processing", "a worker, to run an attempt", "count-lost-attempt"),
     Op("adopt", "adopt", "pending", None, "a worker, to adopt or reject a drop-in", "finish-or-put-back"),
     Op("revive", "revive", "dead", "dead", "`queuectl dlq retry`", "put-back"),
+    Op("cancel", "cancel", "pending", "pending", "`queuectl cancel`", "put-back"),
+    Op("cancel-held", "hcancel", "held", "held", "`queuectl cancel`", "put-back"),
 )
 BY_OP = {o.name: o for o in OPS}
 _BY_SUFFIX = {o.suffix: o for o in OPS}
@@ -85,6 +94,9 @@ HEARTBEAT_RE = re.compile(r"(" + WORKER_PATTERN + r")\.json\Z")
 HEARTBEAT_TMP_RE = re.compile(r"\.(" + WORKER_PATTERN + r")\.[0-9a-f]+\.tmp\Z")
 TMP_RE = re.compile(r"qc-(" + WORKER_PATTERN + r")-([0-9a-f]+)\.(enqueue|write|fence|purge)\Z")
 REASON_SUFFIX = ".reason"
+# requests/ID.KIND: a request to the worker that runs job ID (queuectl cancel, queuectl hold)
+REQUEST_KINDS = ("cancel", "hold")
+REQUEST_RE = re.compile(r"(" + ID_PATTERN + r")\.(" + "|".join(REQUEST_KINDS) + r")\Z")
 
 Claim = namedtuple("Claim", "name op origin job_id holder")
 Worker = namedtuple("Worker", "host pid start ns")
@@ -105,6 +117,16 @@ def parse_pending(name):
         return parse_stamp(m.group(1)), m.group(2)
     except ValueError:
         return None, None
+
+
+def request_name(job_id, kind):
+    return f"{job_id}.{kind}"
+
+
+def parse_request(name):
+    """A requests/ name -> (id, kind), or None."""
+    m = REQUEST_RE.match(name)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def final_name(job_id):
@@ -134,7 +156,7 @@ def parse_claim(name):
     if op.name == "adopt":
         return Claim(name, "adopt", stem, None, holder)
     origin = stem + ".json"
-    job_id = parse_pending(origin)[1] if op.source == "pending" else parse_final(origin)
+    job_id = parse_pending(origin)[1] if op.source in ("pending", "held") else parse_final(origin)
     if job_id is None:
         return None
     return Claim(name, op.name, origin, job_id, holder)
@@ -256,6 +278,60 @@ TRANSITIONS = (
         "recovery: a claim whose job is in pending/ is removed",
     ),
     Transition(
+        "cancel",
+        "pending/ → processing/`TIME_ID@WORKER.cancel` (held/ → `TIME_ID@WORKER.hcancel`) → (fence) → dead/ (`last_error` \"cancelled\")",
+        "`queuectl cancel`",
+        "rename into dead/",
+        "the `.cancel` (`.hcancel`) claim, as 5",
+        "as 5",
+        "recovery: a claim (`put-back`) goes back to pending/ (held/): the cancel was not reported; past the fence, as 5",
+    ),
+    Transition(
+        "cancel running",
+        "`requests/ID.cancel`; processing/ → (fence) → dead/ (`last_error` \"cancelled\")",
+        "`queuectl cancel` writes the request; the worker running the job stops it (TERM, KILL after the grace) and commits",
+        "rename into dead/",
+        "the request, and the claim as 5",
+        "the request, the job in dead/, maybe the fence",
+        "as 5, but a lost attempt whose `requests/ID.cancel` is there ends cancelled (dead/), not retried; the worker or recovery removes the request after the commit",
+    ),
+    Transition(
+        "hold",
+        "pending/ → held/ (same name, same content)",
+        "`queuectl hold`",
+        "the rename",
+        "the job pending",
+        "the job held",
+        "nothing to clean",
+    ),
+    Transition(
+        "hold running",
+        "`requests/ID.hold`; processing/ → (fence) → held/ (where a retry would go to pending/)",
+        "`queuectl hold` writes the request; the worker commits when the attempt ends",
+        "rename into held/",
+        "the request, and the claim as 5",
+        "the request, the job in held/ (or done/, dead/), maybe the fence",
+        "as 5, but while `requests/ID.hold` is there a lost attempt or a fence's stage that would retry goes to held/; the worker or recovery removes the request after the commit",
+    ),
+    Transition(
+        "release held",
+        "held/ → pending/ (same name: its not-before kept, due at once if past)",
+        "`queuectl release`",
+        "the rename",
+        "the job held",
+        "the job pending (and maybe `requests/ID.hold`, which release removes next)",
+        "a later `release` or the job's next commit removes a left request",
+    ),
+    Transition(
+        "retry now",
+        "pending/ or held/ `TIME_ID.json` → pending/`NOW_ID.json` (same content)",
+        "`queuectl retry`",
+        "the rename",
+        "the job where it was",
+        "the job pending, due now",
+        "nothing to clean",
+    ),
+    Transition(
         "purge",
         "done/ or dead/ → tmp/`qc-WORKER-HEX.purge` → removed, with its logs and `ids/<id>`",
         "`queuectl purge`, or a worker applying retention",
@@ -279,7 +355,7 @@ def markdown_states():
 def markdown_ops():
     rows = ["| operation | claim name | claimed from | by | shown as | if its holder dies |", "|---|---|---|---|---|---|"]
     for o in OPS:
-        example = claim_name(o.name, "NAME" if o.name == "adopt" else ("TIME_ID.json" if o.source == "pending" else "ID.json"), "WORKER")
+        example = claim_name(o.name, "NAME" if o.name == "adopt" else ("TIME_ID.json" if o.source in ("pending", "held") else "ID.json"), "WORKER")
         rows.append(f"| `{o.name}` | `{example}` | {o.source}/ | {o.who} | {o.shows_as or '—'} | `{o.on_lost}` |")
     return "\n".join(rows)
 

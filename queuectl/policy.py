@@ -5,6 +5,7 @@ that however many attempts and `dlq retry` rounds it has, its file stays within 
 """
 
 from queuectl.job import ERROR_MAX, HISTORY_KEEP, RUNS_KEEP
+from queuectl.layout import CANCELLED
 from queuectl.timeutil import iso
 
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a huge backoff-max must still give a writable not-before time
@@ -49,12 +50,16 @@ def trim_runs(runs):
     return runs[:1] + [merged] + runs[len(runs) - (RUNS_KEEP - 2) :]
 
 
-def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum, notes=()):
+def record_attempt(job, *, started, finished, exit_code, error, worker, log, base, maximum, notes=(), cancelled=False):
     """JOB after one more ended attempt, and its not-before time if it goes back to pending.
 
     exit_code 0 with no error completes the job; anything else is a failure that retries while
     attempts <= max_retries and goes dead after that. NOTES, if any, go in the history entry.
+    CANCELLED (`queuectl cancel` asked): an attempt that did not complete ends the job in dead/,
+    its error "cancelled", never retried.
     """
+    if cancelled and not (exit_code == 0 and error is None):
+        error = CANCELLED
     job = dict(job)
     attempts = job.get("attempts", 0) + 1
     job["attempts"] = attempts
@@ -83,7 +88,7 @@ def record_attempt(job, *, started, finished, exit_code, error, worker, log, bas
     if exit_code == 0 and error is None:
         job["state"] = "completed"
         return job, None
-    if attempts > job.get("max_retries", 0):
+    if attempts > job.get("max_retries", 0) or error == CANCELLED and cancelled:
         job["state"] = "dead"
         return job, None
     job["state"] = "failed"
@@ -146,3 +151,17 @@ def outcome_status(entry):
     if code == 0 and entry.get("error") is None:
         return 0
     return code if isinstance(code, int) and 1 <= code <= 255 else 1
+
+
+def cancel(job, now, who):
+    """A waiting job (pending or failed) cancelled by `queuectl cancel` before it ran again: dead,
+    `last_error` "cancelled". Its attempts and history stay as they were: no attempt ended."""
+    job = dict(job)
+    job.update(state="dead", last_error=CANCELLED, updated_at=iso(now), cancelled_by=who)
+    return job
+
+
+def was_cancelled(job):
+    """Did the job's latest attempt end because `queuectl cancel` stopped it?"""
+    history = job.get("history") or []
+    return job.get("state") == "dead" and bool(history) and history[-1].get("error") == CANCELLED

@@ -19,7 +19,7 @@ import sys
 import time
 
 from queuectl.errors import QueuectlError
-from queuectl.layout import OUTCOMES
+from queuectl.layout import COUNTED
 from queuectl.logsink import LogSink
 from queuectl import contain
 from queuectl.owners import may_act_on, who_may
@@ -70,7 +70,7 @@ class Supervisor:
         self.burst = burst
         self.children = {}  # pid -> when it started (monotonic), while it runs
         self.requests = Requests()
-        self.totals = dict.fromkeys(OUTCOMES, 0)
+        self.totals = dict.fromkeys(COUNTED, 0)
         self.quick_deaths = []
         self.sink = None
         self.strays = False
@@ -147,7 +147,8 @@ class Supervisor:
         os.close(stats_w)
         self._collect_stats()
         t = self.totals
-        self.say(f"workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead")
+        cancelled = f", {t['cancelled']} cancelled" if t.get("cancelled") else ""  # dead by `queuectl cancel`, not counted as dead
+        self.say(f"workers stopped: {t['completed']} completed, {t['failed']} failed, {t['dead']} dead{cancelled}")
         self.sink.close(timeout=1.0)
         return 0
 

@@ -10,6 +10,7 @@ import signal
 import time
 
 from queuectl import contain, counters, policy
+from queuectl import layout as L
 from queuectl.errors import JobInvalid, Untrusted
 from queuectl.intake import adoption_identity, invalid_reason
 from queuectl.job import read_limit
@@ -111,6 +112,7 @@ class Recovery:
         whether a holder is lost are measured on the spool's own clock (Spool.fs_now)."""
         fs_now = self.spool.fs_now(now)
         self.claims(now, fs_now)
+        self.requests()
         self.heartbeats(fs_now)
         self.tmp(now, fs_now)
 
@@ -188,10 +190,14 @@ class Recovery:
             log=None,
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
+            cancelled=self.spool.requested(job["id"], "cancel"),  # asked of the lost worker: done here
         )
-        if self.spool.finish(claim, job, nb) is not None:
-            self.counts[job["state"]] += 1
-            self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
+        hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold")
+        dest = self.spool.finish(claim, job, nb, hold)
+        if dest is not None:
+            self.counts["cancelled" if policy.was_cancelled(job) else job["state"]] += 1
+            self._answered(job["id"], dest[0])
+            self.log(f"recovered job {job['id']} from lost worker {holder}: now {'held' if hold else job['state']}")
 
     def put_back(self, claim, holder, claimed_at, now):
         """A command died moving a job: the job goes back where it was, unchanged."""
@@ -216,10 +222,25 @@ class Recovery:
         else:
             self._put_back(claim)
 
+    def _answered(self, job_id, folder):
+        """The job is in FOLDER now: in done/, dead/ or held/ a request for it (cancel, hold) has
+        been answered, and is removed (as the worker does after its commit)."""
+        if folder != "pending":
+            self.spool.drop_requests(job_id)
+
     def _put_back(self, claim):
         name = self.spool.put_back(claim)
         if BY_OP[claim.op].source == "pending":
             self.returned.append(name)
+
+    def requests(self):
+        """Remove requests (cancel, hold) answered already: their job is in done/, dead/ or
+        held/. A worker or recovery that died after its commit left them. (A job found nowhere
+        may be between the fence and the publish of its commit: its request is left.)"""
+        for job_id, kind in self.spool.requests():
+            where = self.spool.locate(job_id, include_processing=False)
+            if where is not None and where[0] != "pending":
+                self.spool.drop_request(job_id, kind)
 
     # -- what dead workers leave beside claims ----------------------------------------------------
 
@@ -290,6 +311,8 @@ class Recovery:
             return False
         if not self.spool.locate(job["id"], include_processing=True):
             nb = policy.next_run(job, now, self.settings["backoff-base"], self.settings["backoff-max"])
-            self.spool.roll_forward(stage, job, nb)
+            hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold")
+            self.spool.roll_forward(stage, job, nb, hold)
+            self._answered(job["id"], "held" if hold else L.folder_of(job["state"]) if job["state"] in ("completed", "dead") else "pending")
             self.log(f"finished the interrupted commit of job {job['id']}: now {job['state']}")
         return True

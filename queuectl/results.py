@@ -23,10 +23,15 @@ class Finished:
     def __init__(self, claim, job, attempt, log):
         self.claim, self.job, self.attempt, self.log, self.commit = claim, job, attempt, log, None
 
-    def record(self, wid, settings):
+    def record(self, wid, settings, requested):
+        """REQUESTED(id, kind): is there such a request for the job (Spool.requested)? Asked
+        here, when the attempt is made durable: a `queuectl cancel` or `hold` that came while it
+        ran, too late to stop it, still decides where a failed attempt goes."""
         if self.commit is not None:
             return
         a = self.attempt
+        job_id = self.job["id"]
+        cancelled = a.cancelled or requested(job_id, "cancel")
         job, not_before = policy.record_attempt(
             self.job,
             started=a.started,
@@ -38,8 +43,10 @@ class Finished:
             notes=a.notes,
             base=settings["backoff-base"],
             maximum=settings["backoff-max"],
+            cancelled=cancelled,
         )
-        self.commit = Commit(self.claim, job, not_before)
+        hold = job["state"] == "failed" and requested(job_id, "hold")
+        self.commit = Commit(self.claim, job, not_before, hold, answers=cancelled or hold)
 
 
 class Unsettled:
@@ -77,7 +84,7 @@ class Unsettled:
         or None). What did not end stays queued, its job still claimed, and is never published
         twice (Spool.commit goes on where it stopped)."""
         for item in self.items:
-            item.record(self.spool.wid, self.settings)
+            item.record(self.spool.wid, self.settings, self.spool.requested)
         error = None
         try:
             self.spool.commit([i.commit for i in self.items])

@@ -1,5 +1,5 @@
 """Retention: which finished jobs are old enough to go (the policy, given `now`), and removing
-them a batch at a time (transition 11, purge): `queuectl purge` in one go, a worker a step per
+them a batch at a time (transition 17, purge): `queuectl purge` in one go, a worker a step per
 loop turn (Sweeper).
 
 A job's age is its file's mtime: queuectl writes a job's new version in tmp/ right before the

@@ -18,8 +18,8 @@ CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job 
 
 Spec = namedtuple(
     "Spec",
-    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain on_spawn",
-    defaults=(None, 0, None, None, None, None, None, None, None),
+    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain on_spawn should_cancel",
+    defaults=(None, 0, None, None, None, None, None, None, None, None),
 )
 Spec.__doc__ = """One attempt to run.
 
@@ -32,13 +32,15 @@ meanwhile). Both may return how many seconds they want the next call in, when so
 on_spawn(pid) is told the job's pid as soon as it exists (the worker tells its job's stop signals
 from others'). wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait short. contain: the
 worker's containment (contain.py), which also stops, and at the end of the attempt kills, whatever
-the job started outside its process group; None: the process group only."""
+the job started outside its process group; None: the process group only. should_cancel()
+returning True (`queuectl cancel`: asked right after the spawn and at every wake-up) stops the
+job the same way, and the attempt ends cancelled."""
 
 
 class Attempt:
     """The outcome of one attempt: exit_code (None unless the command ran to an exit) and error."""
 
-    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "log_written", "log_error", "leftovers", "notes")
+    __slots__ = ("exit_code", "error", "started", "finished", "interrupted", "cancelled", "log_written", "log_error", "leftovers", "notes")
 
     def __init__(self, started):
         self.started = started
@@ -46,6 +48,7 @@ class Attempt:
         self.exit_code = None
         self.error = None
         self.interrupted = False
+        self.cancelled = False  # stopped by `queuectl cancel`: never retried
         self.log_written = False
         self.log_error = None
         self.leftovers = 0  # processes the job left running when its shell ended (killed then)
@@ -298,6 +301,8 @@ def run(spec):
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     status = None
     try:
+        if spec.should_cancel is not None and spec.should_cancel():  # asked before we could see it
+            status = _cancel(waiter, pid, contain, attempt)
         while status is None:
             wait_for = min(tick, sooner) if sooner is not None else tick
             if deadline is not None:
@@ -310,6 +315,9 @@ def run(spec):
                 status = _stop_group(waiter, pid, contain)
                 attempt.interrupted = True
                 attempt.error = "interrupted: the worker was told to stop now"
+                break
+            if spec.should_cancel is not None and spec.should_cancel():
+                status = _cancel(waiter, pid, contain, attempt)
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 status = _stop_group(waiter, pid, contain)
@@ -337,6 +345,14 @@ def run(spec):
     if attempt.error is None:
         attempt.exit_code = exit_code_of(status)
     return attempt
+
+
+def _cancel(waiter, pid, contain, attempt):
+    from queuectl.layout import CANCELLED
+
+    attempt.cancelled = True
+    attempt.error = CANCELLED
+    return _stop_group(waiter, pid, contain)
 
 
 def _stop_group(waiter, pgid, contain=None):

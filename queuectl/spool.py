@@ -42,20 +42,22 @@ PUBLISHED, TAKEN_OVER = "published", "taken over"
 
 class Commit:
     """One claimed job's new version on its way into place (Spool.commit): CLAIM is replaced by
-    JOB in the folder its state names (pending/ under NOT_BEFORE for a retry)."""
+    JOB in the folder its state names (pending/ under NOT_BEFORE for a retry; held/ instead with
+    HOLD, when `queuectl hold` asked for it while the attempt ran)."""
 
-    __slots__ = ("claim", "job", "not_before", "owner", "staged", "fence", "dest", "outcome")
+    __slots__ = ("claim", "job", "not_before", "hold", "answers", "owner", "staged", "fence", "dest", "outcome")
 
-    def __init__(self, claim, job, not_before=None, owner=None):
-        self.claim, self.job, self.not_before = claim, job, not_before
+    def __init__(self, claim, job, not_before=None, hold=False, answers=False, owner=None):
+        self.claim, self.job, self.not_before, self.hold = claim, job, not_before, hold
+        self.answers = answers  # it answers a request (requests/ID.*): remove it once published
         self.owner = owner  # (uid, gid) the new version gets (root keeping a job its owner's), or None
         self.staged = self.fence = self.dest = self.outcome = None
 
 
-def _destination(job, not_before):
+def _destination(job, not_before, hold=False):
     if job["state"] in ("completed", "dead"):
         return L.folder_of(job["state"]), L.final_name(job["id"])
-    return "pending", L.pending_name(not_before, job["id"])
+    return "held" if hold else "pending", L.pending_name(not_before, job["id"])
 
 
 class Spool:
@@ -302,12 +304,12 @@ class Spool:
         """Remove a claim whose transition has committed elsewhere (a stale copy)."""
         fsio.unlink_quiet(self._path("processing", claim.name))
 
-    def finish(self, claim, job, not_before=None, owner=None):
-        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9);
+    def finish(self, claim, job, not_before=None, hold=False, owner=None):
+        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9, 11-14);
         OWNER: (uid, gid) of the new version (see Commit).
 
         Returns (folder, name), or None when the claim had been taken over (see commit)."""
-        c = Commit(claim, job, not_before, owner)
+        c = Commit(claim, job, not_before, hold=hold, owner=owner)
         try:
             self.commit([c])
         except OSError:
@@ -333,7 +335,7 @@ class Spool:
         todo = [c for c in items if c.outcome is None]
         fresh = [c for c in todo if c.staged is None]
         for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh], owners=[c.owner for c in fresh])):
-            c.staged, c.dest = path, _destination(c.job, c.not_before)
+            c.staged, c.dest = path, _destination(c.job, c.not_before, c.hold)
         published, error = [], None
         try:
             for c in todo:
@@ -460,9 +462,10 @@ class Spool:
             for claim in self.claims():
                 if claim.job_id == job_id:
                     return "processing", claim.name, claim
-        for name in self.listdir("pending"):
-            if L.parse_pending(name)[1] == job_id:
-                return "pending", name, None
+        for folder in ("pending", "held"):
+            for name in self.listdir(folder):
+                if L.parse_pending(name)[1] == job_id:
+                    return folder, name, None
         return None
 
     def final_folder(self, job_id):
@@ -674,7 +677,7 @@ class Spool:
         data.setdefault("since", iso(st.st_mtime))
         return data
 
-    # -- retention and purge (transition 11) ----------------------------------------------------
+    # -- retention and purge (transition 17) ----------------------------------------------------
     # Small and separate: each is one file-system step on one folder.
 
     def scan(self, folder):
@@ -745,6 +748,63 @@ class Spool:
         for folder in folders:
             fsio.fsync_dir(self._dir(folder))
 
+    # -- held/ and due now: renames of a waiting job, its content unchanged ----------------------
+
+    def _move_waiting(self, folder, name, dest_folder, dest_name):
+        """Rename FOLDER/NAME to DEST_FOLDER/DEST_NAME (the commit point) and make it durable.
+        False when the file was gone: another process (a worker's claim) moved it first."""
+        try:
+            os.rename(self._path(folder, name), self._path(dest_folder, dest_name))
+        except FileNotFoundError:
+            return False  # RACE: a worker claimed it, or another command moved it first
+        fsio.fsync_dir(self._dir(dest_folder))
+        return True
+
+    def hold(self, name):
+        """pending/NAME -> held/NAME (`queuectl hold`): no worker claims it there."""
+        return self._move_waiting("pending", name, "held", name)
+
+    def unhold(self, name):
+        """held/NAME -> pending/NAME (`queuectl release`): its not-before kept (due if past)."""
+        return self._move_waiting("held", name, "pending", name)
+
+    def make_due(self, folder, name, now):
+        """FOLDER/NAME (pending/ or held/) -> pending/ under NOW (`queuectl retry`). The new name,
+        or None when another process moved the file first."""
+        dest = L.pending_name(now, L.parse_pending(name)[1])
+        return dest if self._move_waiting(folder, name, "pending", dest) else None
+
+    # -- requests/: what a command asks of the worker that runs a job ----------------------------
+
+    def request(self, job_id, kind, data):
+        """Create requests/ID.KIND holding DATA (bytes): staged, then linked (a link never
+        replaces a request already there). True if this call made it, False if it was there."""
+        tmp = self._stage([data])[0]
+        try:
+            os.link(tmp, self._path("requests", L.request_name(job_id, kind)), follow_symlinks=False)
+        except FileExistsError:
+            return False  # RACE: another command asked the same first; one request will do
+        finally:
+            fsio.unlink_quiet(tmp)
+        fsio.fsync_dir(self._dir("requests"))
+        return True
+
+    def requested(self, job_id, kind):
+        """Is there a request KIND for job ID? One lstat (a running job's worker asks on each wake)."""
+        return os.path.lexists(self._path("requests", L.request_name(job_id, kind)))
+
+    def requests(self):
+        """[(id, kind)] of the requests in requests/."""
+        return [r for r in map(L.parse_request, self.listdir("requests")) if r is not None]
+
+    def drop_request(self, job_id, kind):
+        fsio.unlink_quiet(self._path("requests", L.request_name(job_id, kind)))
+
+    def drop_requests(self, job_id):
+        """Remove every request for job ID: its job has reached a state they no longer apply to."""
+        for kind in L.REQUEST_KINDS:
+            self.drop_request(job_id, kind)
+
     # -- tmp/ -----------------------------------------------------------------------------------
 
     def tmp_files(self):
@@ -766,12 +826,12 @@ class Spool:
         name = fence.rpartition(".")[0] + ".write"
         return name if os.path.lexists(self._path("tmp", name)) else None
 
-    def roll_forward(self, name, job, not_before=None):
+    def roll_forward(self, name, job, not_before=None, hold=False):
         """Publish a complete job left in tmp/ by a dead process: an interrupted enqueue (its id
         reserved), or a commit that died between its fence and its publish."""
         if not_before is None:
             not_before = parse_iso(job.get("run_at") or job["created_at"])
-        folder, dest = _destination(job, not_before)
+        folder, dest = _destination(job, not_before, hold)
         os.rename(self._path("tmp", name), self._path(folder, dest))
         fsio.fsync_dir(self._dir(folder))
 

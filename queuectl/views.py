@@ -30,7 +30,7 @@ def with_state(job, folder, name, claim=None):
     job = dict(job)
     job.pop("token", None)
     job["state"] = L.state_in(folder, job, claim)
-    if folder == "pending":
+    if folder == "pending":  # held/: no next run until it is released
         nb = L.parse_pending(name)[0]
         if nb is not None:
             job["next_run_at"] = iso(nb)
@@ -57,6 +57,7 @@ def counts(spool):
             out[L.state_in("processing", {}, claim)] += 1
     for folder in L.FINAL_FOLDERS:
         out[L.state_in(folder, {})] += sum(1 for n in spool.listdir(folder) if L.parse_final(n))
+    out["held"] += sum(1 for n in spool.listdir("held") if L.parse_pending(n)[1])
     out["rejected"] = len(spool.rejected())
     return out
 

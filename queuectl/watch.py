@@ -182,3 +182,32 @@ class FolderEvents:
 
     def stop(self):
         _stop_observer(self._observer)
+
+
+def poke_on_events(folder, fd):
+    """Write a byte to FD at every file-system event in FOLDER (requests/: a worker running a job
+    wakes when `queuectl cancel` asks, and looks for the request itself). Returns the observer
+    (stop it with stop_observer)."""
+    _no_move_pairing_delay()
+    import logging
+
+    logging.getLogger("watchdog").setLevel(logging.CRITICAL)
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event):
+            try:
+                os.write(fd, b"r")
+            except OSError:
+                pass  # the pipe is full: the worker is being woken anyway
+
+    observer = Observer()
+    observer.schedule(Handler(), folder, recursive=False)
+    observer.daemon = True
+    observer.start()
+    return observer
+
+
+def stop_observer(observer):
+    _stop_observer(observer)

@@ -41,7 +41,7 @@ from queuectl.settings import Watched
 from queuectl.spool import TAKEN_OVER
 from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
 from queuectl.timeutil import iso
-from queuectl.watch import PendingWatcher
+from queuectl.watch import PendingWatcher, poke_on_events, stop_observer
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
@@ -104,6 +104,7 @@ class Worker:
         self._ignored_logged_at = -3600.0
         self.sink = LogSink(note=lambda text: self._line(text))
         self.counts = counters.zero()  # attempts ended, by what they left their job as (counters.py)
+        self.requests_observer = None  # wakes the worker when a request (queuectl cancel) arrives
         self.index = DueIndex()
         self.faults = Faults(self.log)
         self.settings = Watched(spool.config_path, warn=self.log)
@@ -421,6 +422,7 @@ class Worker:
             after_spawn=self._after_spawn,
             contain=self.contain,
             on_spawn=lambda pid: setattr(run, "pid", pid),
+            should_cancel=lambda: self.spool.requested(job["id"], "cancel"),
         )
         try:
             attempt = runner.run(spec)
@@ -443,6 +445,23 @@ class Worker:
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
+
+    def _after_spawn(self):
+        self.watch_requests()
+        return self.settle_if_due()
+
+    def watch_requests(self):
+        """Watch requests/ (queuectl cancel), from the first job on: started once its job runs,
+        so that watchdog's start-up cost never delays a job (the job's request was looked for
+        right after its spawn)."""
+        if self.requests_observer is not None:
+            return
+        try:
+            self.requests_observer = poke_on_events(self.spool.folder_path("requests"), self.wake_w)
+        except Exception as e:  # no inotify left (max_user_watches): requests are still read at every tick
+            self.requests_observer = False
+            self.log(f"cannot watch requests/ ({e}): a cancel is seen within heartbeat-seconds, not at once")
+        runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
 
     def _tick(self):
         """While a job runs: settings, heartbeat, and earlier results made durable within
@@ -481,8 +500,14 @@ class Worker:
                 self.log(f"job {job['id']} attempt {job['attempts']}: result not stored ({_describe(job)}): "
                          "recovery took the job over while this worker was stopped; its new holder owns it")
                 continue
-            self.counts[job["state"]] += 1
-            if job["state"] == "failed":
+            self.counts[L.CANCELLED if policy.was_cancelled(job) else job["state"]] += 1
+            if c.answers:  # the request it answered is done with (one that came later: its command removes it)
+                self.guard("remove a request", self.spool.drop_requests, job["id"])
+            if job["state"] == "failed" and c.dest[0] == "pending" and self._hold_late(job["id"], c.dest[1]):
+                detail = "held (queuectl hold, asked as its result was stored)"
+            elif job["state"] == "failed" and c.dest[0] == "held":
+                detail = "held (queuectl hold)"
+            elif job["state"] == "failed":
                 self.index.add(c.dest[1], job.get("priority") or 0, c.not_before, job.get("created_at") or "")
                 detail = f"retry at {iso(c.not_before)}"
             else:
@@ -491,6 +516,16 @@ class Worker:
         if error is not None:
             self.fault("store the results of finished jobs", error)
             return False
+        return True
+
+    def _hold_late(self, job_id, name):
+        """A hold request that came after the attempt's end was recorded but before `queuectl
+        hold` could see the job in pending/ (spool_layout.md, "Held jobs and requests"): hold
+        the retry now. True if it is held (by us, or by the command that raced us)."""
+        if not self.guard("look for a request", self.spool.requested, job_id, "hold"):
+            return False
+        if self.guard("hold a job", self.spool.hold, name):
+            self.guard("remove a request", self.spool.drop_request, job_id, "hold")
         return True
 
     def idle_for_good(self, now):
@@ -558,12 +593,14 @@ class Worker:
             self.pause(min(self.faults.delay, left))
         if self.watcher is not None:
             self.watcher.stop()
+        stop_observer(self.requests_observer or None)
         if self.contain is not None:
             self.contain.close()
         self.sweeper.close()
         self.fold_counts()
         c = self.counts
-        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead")
+        cancelled = f", {c['cancelled']} cancelled" if c["cancelled"] else ""  # their jobs are dead, but did not fail
+        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead{cancelled}")
         if self.stats_fd is not None:
             os.write(self.stats_fd, (json.dumps(self.counts) + "\n").encode())
         if self.signals is not None and self.supervisor is None:

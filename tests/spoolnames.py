@@ -47,10 +47,10 @@ def parse_claim(name):
     stem = m.group("original")
     if op == "adopt":
         return op, stem, m.group("worker")
-    origin = PENDING_RE.match(stem + ".json") if OPS[op][1] == "pending" else FINAL_RE.match(stem + ".json")
+    origin = PENDING_RE.match(stem + ".json") if OPS[op][1] in ("pending", "held") else FINAL_RE.match(stem + ".json")
     if not origin:
         return None
-    return op, origin.group("id") if OPS[op][1] == "pending" else origin.group(1), m.group("worker")
+    return op, origin.group("id") if OPS[op][1] in ("pending", "held") else origin.group(1), m.group("worker")
 
 
 def namespace():

@@ -22,8 +22,8 @@ ID_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}\Z")
 PENDING_RE = re.compile(r"(\d{8}T\d{6}\.\d{6}Z)_(.+)\.json\Z")
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 WORKER_RE = re.compile(WORKER + r"\Z")  # a worker id, as spool_layout.md gives it
-FOLDERS = ["dead", "done", "ids", "logs", "pending", "processing", "rejected", "tmp", "workers"]
-STATES = ["pending", "processing", "completed", "failed", "dead", "rejected"]
+FOLDERS = ["dead", "done", "held", "ids", "logs", "pending", "processing", "rejected", "requests", "tmp", "workers"]
+STATES = ["pending", "processing", "completed", "failed", "dead", "held", "rejected"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_status_list_show_logs_while_a_job_runs(spool, tmp_path):
         wait_until(lambda: any("_hold@" in n for n in spool.ls("processing")), timeout=20)
         data = spool.json("status", "--json")
         assert set(data) == {"counts", "workers", "paused", "untrusted"} and data["paused"] is None
-        assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
+        assert data["counts"] == {"pending": 0, "processing": 1, "completed": 0, "failed": 0, "dead": 0, "held": 0, "rejected": 0}
         [w] = data["workers"]
         assert set(w) == {"id", "pid", "host", "job"}
         assert WORKER_RE.match(w["id"]) and type(w["pid"]) is int and isinstance(w["host"], str)
@@ -549,7 +549,7 @@ ORDER = ["p-pending", "c-completed", "d-dead", "f-failed", "x-processing"]  # en
 def test_status_json_counts_every_state(populated):
     p = populated.run("status", "--json", check=0)
     assert p.stderr == ""
-    assert json.loads(p.stdout) == {"counts": {s: 1 for s in STATES}, "workers": [], "paused": None, "untrusted": []}
+    assert json.loads(p.stdout) == {"counts": dict({s: 1 for s in STATES}, held=0), "workers": [], "paused": None, "untrusted": []}
     assert populated.ls("rejected") == ["junk.json", "junk.json.reason"]  # the reason file is not counted
 
 
@@ -696,7 +696,7 @@ def test_dlq_retry_some_ids_with_errors(spool):
         iso_ts(prev["retried_at"])
         assert [(h["attempt"], h["exit_code"]) for h in prev["history"]] == [(1, code)]
     assert spool.show("d1")["previous_runs"][0]["history"] == old["history"]
-    assert spool.counts() == {"pending": 3, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "rejected": 0}
+    assert spool.counts() == {"pending": 3, "processing": 0, "completed": 1, "failed": 0, "dead": 0, "held": 0, "rejected": 0}
     # it runs again: a fresh history, the log numbering goes on, the earlier round is kept
     burst(spool)
     job = spool.show("d1")

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import Spool as CliSpool, wait_until
-from queuectl import dlq, layout, policy, procs, retention
+from queuectl import dlq, jobctl, layout, policy, procs, retention
 from queuectl import job as jobdoc
 from queuectl.recovery import Recovery
 from queuectl.settings import Watched, set_value
@@ -36,7 +36,7 @@ from spoolnames import OPS, PENDING_RE, WORKER, parse_claim, reserved_token  # t
 CRASHED = 86  # exit status of a child that died at its injected crash point (0: it never got there)
 
 
-LISTED = ("tmp", "pending", "processing", "done", "dead", "rejected", "workers", "ids")
+LISTED = ("tmp", "pending", "held", "processing", "done", "dead", "rejected", "workers", "ids", "requests")
 LOST = "worker lost: "
 
 
@@ -123,8 +123,8 @@ def enqueue(ctx, doc):
     return job_id
 
 
-def pending_name(ctx, job_id):
-    (name,) = [n for n in os.listdir(os.path.join(ctx.root, "pending")) if PENDING_RE.match(n) and PENDING_RE.match(n).group("id") == job_id]
+def pending_name(ctx, job_id, folder="pending"):
+    (name,) = [n for n in os.listdir(os.path.join(ctx.root, folder)) if PENDING_RE.match(n) and PENDING_RE.match(n).group("id") == job_id]
     return name
 
 
@@ -144,7 +144,7 @@ HEARTBEAT_RE = re.compile(WORKER + r"\.json\Z")
 
 
 def _shown(folder, name, any_worker):
-    if folder == "pending":
+    if folder in ("pending", "held"):
         m = PENDING_RE.match(name)
         return f"TIME_{m.group('id')}.json" if m else name
     if folder == "processing":
@@ -204,14 +204,14 @@ GONE = "gone"  # Expect.state of a purged job
 def check(ctx, expect, when=""):
     got = listing(ctx.root)
     assert got == expect.listing, f"{when}: spool holds {got}, wanted {expect.listing}"
-    places = [(f, n) for f in ("pending", "processing", "done", "dead", "rejected") for n in got.get(f, []) if not n.endswith(".reason")]
+    places = [(f, n) for f in ("pending", "held", "processing", "done", "dead", "rejected") for n in got.get(f, []) if not n.endswith(".reason")]
     if expect.state == GONE:  # purged: the job, its logs and its id reservation, all of them
         assert places == [] and os.listdir(os.path.join(ctx.root, "logs")) == [], f"{when}: {places}"
         return None
     assert len(places) == 1, f"{when}: the job is in {places}, wanted exactly one place"
     folder, name = places[0]
-    if folder == "pending" and name.startswith("TIME_"):
-        name = pending_name(ctx, name[5:-5])
+    if folder in ("pending", "held") and name.startswith("TIME_"):
+        name = pending_name(ctx, name[5:-5], folder)
     with open(os.path.join(ctx.root, folder, name), "rb") as f:
         data = f.read()
     if expect.state is None:
@@ -225,7 +225,8 @@ def check(ctx, expect, when=""):
         assert job["last_error"] is None, f"{when}: {job}"
     else:
         assert job["last_error"].startswith(expect.error), f"{when}: {job}"
-        assert job["history"][-1]["error"] == job["last_error"]
+        if job["history"]:  # a job cancelled while it waited has no attempt to say so
+            assert job["history"][-1]["error"] == job["last_error"]
     if expect.error == LOST:
         lost = job["history"][-1]
         assert lost["exit_code"] is None and re.fullmatch(WORKER, lost["worker"]) and lost["worker"] != procs.worker_id(), lost
@@ -314,6 +315,25 @@ def stop_twice_from_outside(ctx):
     threading.Thread(target=signal_it, daemon=True).start()
 
 
+def cancel_once_running(ctx):
+    """Ask for j1's cancel through requests/, as `queuectl cancel` from another host would, once
+    its first attempt runs (the job made ctx.lockdir)."""
+
+    def ask():
+        try:
+            wait_until(lambda: os.path.isdir(ctx.lockdir), timeout=20, message="j1 never started")
+            ctx.spool().request("j1", "cancel", b"{}")
+        except AssertionError as e:  # the test then fails on what the crash left
+            print(f"cancel_once_running: {e}")
+
+    threading.Thread(target=ask, daemon=True).start()
+
+
+def hold_now(ctx):
+    spool = ctx.spool()
+    assert spool.hold(pending_name(ctx, "j1"))
+
+
 def _has_previous_run(job):
     assert [(r["attempts"], len(r["history"])) for r in job["previous_runs"]] == [(1, 1)], job
 
@@ -323,6 +343,7 @@ def _no_previous_run(job):
 
 
 P = {"pending": ["TIME_j1.json"], "ids": ["j1"]}
+H = {"held": ["TIME_j1.json"], "ids": ["j1"]}
 DONE = {"done": ["j1.json"], "ids": ["j1"]}
 DEAD = {"dead": ["j1.json"], "ids": ["j1"]}
 
@@ -509,7 +530,111 @@ CASES = {
         recovered={"before": Expect(P, "failed", 1, LOST), "after": Expect(P, "pending", 0, None)},
         final={"before": Expect(DONE, "completed", 2, None), "after": Expect(DONE, "completed", 1, None)},
     ),
+    # 11: `queuectl cancel` of a waiting job: pending/ -> processing/*.cancel -> (fence) -> dead/
+    "cancel": Case(
+        setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true"}),
+        step=lambda ctx: jobctl.cancel(ctx.spool(), "j1", time.time(), time.monotonic),
+        trap=("rename", moves("tmp", "dead")),
+        left={"before": L(tmp=FENCED, ids=["j1"]), "after": L(DEAD, tmp=["qc-W.fence"])},
+        recovered={w: Expect(DEAD, "dead", 0, "cancelled") for w in ("before", "after")},
+        final={w: Expect(DEAD, "dead", 0, "cancelled") for w in ("before", "after")},
+    ),
+    # the fence of 11: before it, the `.cancel` claim goes back to pending/ (the cancel did not happen)
+    "fence-cancel": Case(
+        setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true"}),
+        step=lambda ctx: jobctl.cancel(ctx.spool(), "j1", time.time(), time.monotonic),
+        trap=("rename", moves("processing", "tmp")),
+        left={"before": L(processing=["j1@W.cancel"], tmp=["qc-W.write"], ids=["j1"]), "after": L(tmp=FENCED, ids=["j1"])},
+        recovered={"before": Expect(P, "pending", 0, None), "after": Expect(DEAD, "dead", 0, "cancelled")},
+        final={"before": Expect(DONE, "completed", 1, None), "after": Expect(DEAD, "dead", 0, "cancelled")},
+    ),
+    # 11 from held/: the `.hcancel` claim
+    "cancel-held": Case(
+        setup=lambda ctx: (enqueue(ctx, {"id": "j1", "command": "true"}), hold_now(ctx)),
+        step=lambda ctx: jobctl.cancel(ctx.spool(), "j1", time.time(), time.monotonic),
+        trap=("rename", moves("processing", "tmp")),
+        left={"before": L(processing=["j1@W.hcancel"], tmp=["qc-W.write"], ids=["j1"]), "after": L(tmp=FENCED, ids=["j1"])},
+        recovered={"before": Expect(H, "pending", 0, None), "after": Expect(DEAD, "dead", 0, "cancelled")},
+        final={"before": Expect(H, "pending", 0, None), "after": Expect(DEAD, "dead", 0, "cancelled")},
+    ),
+    # 12: a running attempt cancelled through requests/j1.cancel: its worker stops it, commits to dead/
+    "cancel-running": Case(
+        setup=lambda ctx: (
+            enqueue(ctx, {"id": "j1", "command": f"mkdir {ctx.lockdir} 2>/dev/null || exit 0; sleep 30", "max_retries": 3}),
+            cancel_once_running(ctx),
+        ),
+        step=run_worker,
+        trap=("rename", moves("tmp", "dead")),
+        left={
+            "before": L(HB, tmp=FENCED, ids=["j1"], requests=["j1.cancel"]),
+            "after": L(HB, DEAD, tmp=["qc-W.fence"], requests=["j1.cancel"]),
+        },
+        recovered={w: Expect(DEAD, "dead", 1, "cancelled") for w in ("before", "after")},
+        final={w: Expect(DEAD, "dead", 1, "cancelled") for w in ("before", "after")},
+    ),
+    # 12, its claim lost before the fence: the lost attempt is cancelled too, not retried
+    "cancel-running-lost": Case(
+        setup=lambda ctx: (
+            enqueue(ctx, {"id": "j1", "command": f"mkdir {ctx.lockdir} 2>/dev/null || exit 0; sleep 30", "max_retries": 3}),
+            cancel_once_running(ctx),
+        ),
+        step=run_worker,
+        trap=("rename", moves("processing", "tmp")),
+        left={
+            "before": L(HB, processing=["j1@W.json"], tmp=["qc-W.write"], ids=["j1"], requests=["j1.cancel"]),
+            "after": L(HB, tmp=FENCED, ids=["j1"], requests=["j1.cancel"]),
+        },
+        recovered={w: Expect(DEAD, "dead", 1, "cancelled") for w in ("before", "after")},
+        final={w: Expect(DEAD, "dead", 1, "cancelled") for w in ("before", "after")},
+    ),
+    # 13: `queuectl hold` of a waiting job: pending/ -> held/
+    "hold": Case(
+        setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true"}),
+        step=lambda ctx: jobctl.hold(ctx.spool(), "j1", time.time()),
+        trap=("rename", moves("pending", "held")),
+        left={"before": P, "after": H},
+        recovered={"before": Expect(P, "pending", 0, None), "after": Expect(H, "pending", 0, None)},
+        final={"before": Expect(DONE, "completed", 1, None), "after": Expect(H, "pending", 0, None)},
+    ),
+    # 14: a hold asked while the attempt ran: its failed attempt goes to held/, not pending/
+    "hold-running": Case(
+        setup=lambda ctx: (
+            enqueue(ctx, {"id": "j1", "command": f"test -e {ctx.flag}", "max_retries": 3}),
+            ctx.spool().request("j1", "hold", b"{}"),
+        ),
+        step=run_worker,
+        trap=("rename", moves("tmp", "held")),
+        left={
+            "before": L(HB, tmp=FENCED, ids=["j1"], requests=["j1.hold"]),
+            "after": L(HB, H, tmp=["qc-W.fence"], requests=["j1.hold"]),
+        },
+        recovered={w: Expect(H, "failed", 1, "exited with status 1") for w in ("before", "after")},
+        final={w: Expect(H, "failed", 1, "exited with status 1") for w in ("before", "after")},
+    ),
+    # 15: `queuectl release`: held/ -> pending/
+    "release-held": Case(
+        setup=lambda ctx: (enqueue(ctx, {"id": "j1", "command": "true"}), hold_now(ctx)),
+        step=lambda ctx: jobctl.release(ctx.spool(), "j1"),
+        trap=("rename", moves("held", "pending")),
+        left={"before": H, "after": P},
+        recovered={"before": Expect(H, "pending", 0, None), "after": Expect(P, "pending", 0, None)},
+        final={"before": Expect(H, "pending", 0, None), "after": Expect(DONE, "completed", 1, None)},
+    ),
+    # 16: `queuectl retry` of a job not due yet: renamed due now
+    "retry-now": Case(
+        setup=lambda ctx: enqueue(ctx, {"id": "j1", "command": "true", "run_at": iso_in(3)}),
+        step=lambda ctx: jobctl.retry(ctx.spool(), "j1", time.time()),
+        trap=("rename", moves("pending", "pending")),
+        left={"before": P, "after": P},
+        recovered={w: Expect(P, "pending", 0, None) for w in ("before", "after")},
+        final={w: Expect(DONE, "completed", 1, None) for w in ("before", "after")},
+    ),
 }
+
+
+def iso_in(seconds):
+    return datetime.fromtimestamp(time.time() + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
 
 def test_every_transition_of_the_table_has_its_crash_cases():
     names = {t.name.replace(" ", "-") for t in layout.TRANSITIONS}

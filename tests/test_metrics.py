@@ -37,7 +37,7 @@ def gauge(samples, name):
 
 def test_a_fresh_spool_has_every_metric_at_zero(spool):
     samples, types = metrics(spool)
-    assert jobs(samples) == dict.fromkeys(("pending", "processing", "completed", "failed", "dead", "rejected"), 0)
+    assert jobs(samples) == dict.fromkeys(("pending", "processing", "completed", "failed", "dead", "held", "rejected"), 0)
     assert attempts(samples) == dict.fromkeys(("completed", "failed", "dead", "cancelled"), 0)
     assert (gauge(samples, "oldest_due_job_age_seconds"), gauge(samples, "workers_alive"), gauge(samples, "paused")) == (0, 0, 0)
     assert types == {"queuectl_jobs": "gauge", "queuectl_oldest_due_job_age_seconds": "gauge", "queuectl_workers_alive": "gauge",
@@ -52,7 +52,7 @@ def test_counts_follow_the_jobs_and_totals_survive_restarts_and_purges(spool):
     spool.drop_in("junk.json", "{not json")
     spool.run("worker", "start", "--burst", check=0, timeout=120)
     samples, _ = metrics(spool)
-    assert jobs(samples) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 1, "rejected": 1}
+    assert jobs(samples) == {"pending": 0, "processing": 0, "completed": 2, "failed": 0, "dead": 1, "held": 0, "rejected": 1}
     assert attempts(samples) == {"completed": 2, "failed": 1, "dead": 1, "cancelled": 0}
 
     assert spool.json("purge", "--json")["jobs"] == 4

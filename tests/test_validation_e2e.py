@@ -124,7 +124,7 @@ def test_a_job_just_under_max_job_bytes_fails_every_attempt_into_dead_never_reje
     spool.enqueue(padded(limit - 3, id="many", command=cmd, max_retries=14))
     spool.enqueue(padded(limit - 3, id="rounds", command=cmd, max_retries=0))
     burst(spool)  # every retry is due at once (backoff-max 0): one run takes them all to dead/
-    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 4, "rejected": 0}
+    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 0, "failed": 0, "dead": 4, "held": 0, "rejected": 0}
 
     for job_id in ("near-limit", "dropped"):
         job = read_final(spool, "dead", job_id)
@@ -220,7 +220,7 @@ def test_stored_settings_out_of_range_keep_their_defaults_and_workers_run(spool)
     spool.enqueue({"id": "bad", "command": "exit 1"})
     p = burst(spool)
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
-    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 1, "rejected": 0}
+    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 0, "dead": 1, "held": 0, "rejected": 0}
 
 
 def test_workers_run_with_every_setting_at_either_end_of_its_range(spool):
@@ -239,4 +239,4 @@ def test_workers_run_with_every_setting_at_either_end_of_its_range(spool):
         assert p.returncode == 0 and "Traceback" not in p.stderr, (end, p.stderr)
         assert spool.run("logs", f"ok-{end}", check=0).stdout == "fine\n"
     # high: the failure waits for its retry (1000 s); low: no retries, so it is dead at once
-    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 2, "failed": 1, "dead": 1, "rejected": 0}
+    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 2, "failed": 1, "dead": 1, "held": 0, "rejected": 0}

@@ -611,7 +611,7 @@ def test_second_sigterm_stops_the_job_and_puts_it_back_uncounted(spool, tmp_path
     assert names == [pending_name] and PENDING_RE.match(names[0])  # put back under its own name
     doc = read_job_file(spool, "pending", names[0])
     assert (doc["state"], doc["attempts"], doc["history"], doc["exit_code"]) == ("pending", 0, [], None)
-    assert spool.counts() == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "rejected": 0}
+    assert spool.counts() == {"pending": 1, "processing": 0, "completed": 0, "failed": 0, "dead": 0, "held": 0, "rejected": 0}
 
     # it runs again later, as its first attempt
     release.touch()
@@ -778,7 +778,7 @@ def test_burst_exits_0_when_nothing_is_due_even_with_a_retry_waiting(spool):
     assert p.returncode == 0 and time.monotonic() - t0 < 15, p.stderr
     assert p.stdout == ""
     assert summary_lines(p.stderr) == ["queuectl: workers stopped: 1 completed, 1 failed, 1 dead"]
-    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 1, "dead": 1, "rejected": 0}
+    assert spool.counts() == {"pending": 0, "processing": 0, "completed": 1, "failed": 1, "dead": 1, "held": 0, "rejected": 0}
     j = spool.show(flaky)
     assert (j["state"], j["attempts"], j["exit_code"]) == ("failed", 1, 1)
     assert abs(parse_iso(j["next_run_at"]) - parse_iso(j["history"][0]["finished_at"]) - 60) < 0.002
