@@ -27,3 +27,7 @@ class DuplicateId(QueuectlError):
 
 class SpoolError(QueuectlError):
     """The file system refused an operation on the spool (full disk, read-only, permissions)."""
+
+
+class NotYours(QueuectlError):
+    """In a system spool: the job belongs to another user (exit 1)."""

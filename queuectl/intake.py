@@ -63,7 +63,10 @@ class Intake:
         self.recheck_at = float("inf")  # when a file left alone by being_written() is due a look
 
     def owners(self):
-        """The uids whose job files run: this worker's user and the trusted-users setting."""
+        """The uids whose job files run: this worker's user and the trusted-users setting. None
+        (anyone's) in a system spool, where each job runs as its file's owner (Spool.read_obeyed)."""
+        if self.spool.system:
+            return None
         value = self.settings["trusted-users"]
         if self._trusted[0] != value:
             self._trusted = (value, trusted_uids(value) | {os.geteuid()})
@@ -132,7 +135,7 @@ class Intake:
         if why:
             return self.reject(claim, why, now)
         try:
-            doc = self.spool.read_claim(claim, self.settings["max-job-bytes"], self.owners())
+            doc, owner = self.spool.read_obeyed(claim, self.settings["max-job-bytes"], self.owners())
             st = self.spool.stat("processing", claim.name)
         except JobInvalid as e:
             return self.reject(claim, str(e), now)
@@ -154,7 +157,7 @@ class Intake:
         if not doc.get("run_at"):
             name_nb = L.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now
-        dest = self.spool.finish(claim, job, nb)
+        dest = self.spool.finish(claim, job, nb, owner)
         if dest is None:
             return  # RACE: we were thought lost and recovery took the drop-in over: it is theirs
         self.index.add(dest[1], job["priority"], nb, job["created_at"], job)

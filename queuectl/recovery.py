@@ -122,13 +122,13 @@ class Recovery:
     def count_lost_attempt(self, claim, holder, claimed_at, now):
         """A worker died running an attempt: it counts as failed (`worker lost`)."""
         try:
-            job = self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]))
+            job, owner = self.spool.read_obeyed(claim, read_limit(self.settings["max-job-bytes"]))
         except JobInvalid as e:
             name = self.spool.reject(claim, f"claimed job file is broken: {e}", now)
             self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")
             return
         if job.get("state") == "dead":  # a `dlq retry` of the version before claim operations
-            if self.spool.finish(claim, job) is not None:  # (its claim looked like a run's)
+            if self.spool.finish(claim, job, owner=owner) is not None:  # (its claim looked like a run's)
                 self.log(f"put job {job['id']} back in dead/ (interrupted dlq retry of an older queuectl by {holder})")
             return
         job, nb = policy.record_attempt(
@@ -142,7 +142,7 @@ class Recovery:
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
         )
-        if self.spool.finish(claim, job, nb) is not None:
+        if self.spool.finish(claim, job, nb, owner) is not None:
             self.log(f"recovered job {job['id']} from lost worker {holder}: now {job['state']}")
 
     def put_back(self, claim, holder, claimed_at, now):

@@ -18,10 +18,11 @@ SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
 class Finished:
     """An ended attempt, not yet durable. record() turns it into its job's next version: a Commit."""
 
-    __slots__ = ("claim", "job", "attempt", "log", "commit")
+    __slots__ = ("claim", "job", "attempt", "log", "commit", "owner")
 
-    def __init__(self, claim, job, attempt, log):
+    def __init__(self, claim, job, attempt, log, owner=None):
         self.claim, self.job, self.attempt, self.log, self.commit = claim, job, attempt, log, None
+        self.owner = owner  # carried from the claim: the next version is its owner's (system spool)
 
     def record(self, wid, settings):
         if self.commit is not None:
@@ -39,7 +40,7 @@ class Finished:
             base=settings["backoff-base"],
             maximum=settings["backoff-max"],
         )
-        self.commit = Commit(self.claim, job, not_before)
+        self.commit = Commit(self.claim, job, not_before, self.owner)
 
 
 class Unsettled:
@@ -54,10 +55,10 @@ class Unsettled:
     def __len__(self):
         return len(self.items)
 
-    def add(self, claim, job, attempt, log):
+    def add(self, claim, job, attempt, log, owner=None):
         if not self.items:
             self.oldest = time.monotonic()
-        self.items.append(Finished(claim, job, attempt, log))
+        self.items.append(Finished(claim, job, attempt, log, owner))
 
     def due(self):
         """Worth settling now: SETTLE_BATCH results, or the oldest waiting SETTLE_DELAY seconds.

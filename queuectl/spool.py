@@ -10,8 +10,9 @@ import stat
 
 from queuectl import fsio
 from queuectl import job as jobdoc
+from queuectl import sysspool
 from queuectl import layout as L
-from queuectl.errors import DuplicateId, JobInvalid, NotFound, SpoolError
+from queuectl.errors import DuplicateId, JobInvalid, NotFound, NotYours, SpoolError
 from queuectl.procs import worker_id
 from queuectl.timeutil import iso, parse_iso
 
@@ -44,10 +45,11 @@ class Commit:
     """One claimed job's new version on its way into place (Spool.commit): CLAIM is replaced by
     JOB in the folder its state names (pending/ under NOT_BEFORE for a retry)."""
 
-    __slots__ = ("claim", "job", "not_before", "staged", "fence", "dest", "outcome")
+    __slots__ = ("claim", "job", "not_before", "staged", "fence", "dest", "outcome", "owner")
 
-    def __init__(self, claim, job, not_before=None):
+    def __init__(self, claim, job, not_before=None, owner=None):
         self.claim, self.job, self.not_before = claim, job, not_before
+        self.owner = owner  # sysspool.Owner whose the new version is (a system spool's root worker)
         self.staged = self.fence = self.dest = self.outcome = None
 
 
@@ -64,6 +66,7 @@ class Spool:
         self.worker_log = os.path.join(self.root, "worker.log")
         self.pause_path = os.path.join(self.root, L.PAUSED)
         self._wid = None
+        self._system = None
         self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
     @property
@@ -90,6 +93,9 @@ class Spool:
         mode = 0o2770 if group is not None else 0o700
         if not create and not os.path.isdir(self.root):
             raise SpoolError(f"no spool at {self.root}; create it with queuectl init")
+        if self.system:
+            self.file_mode = sysspool.FILE_MODE
+            return self  # made by root (make_system): nobody else may add to it
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             paths = [self.root] + [self._dir(d) for d in L.FOLDERS]
@@ -111,20 +117,74 @@ class Spool:
             raise _os_error(f"cannot create spool {self.root}", e) from None
         return self
 
+    @property
+    def system(self):
+        """Is this a system spool (queuectl init --system)? Its root and SPOOL/system are root's
+        (sysspool.is_system): the one mark every process reads, and only root can make."""
+        if self._system is None:
+            sts = []
+            for path in (self.root, os.path.join(self.root, sysspool.MARKER)):
+                try:
+                    sts.append(os.lstat(path))
+                except OSError:
+                    sts.append(None)
+            self._system = sysspool.is_system(*sts)
+        return self._system
+
+    def make_system(self):
+        """Create a system spool (root only): root folder 0755, folders as sysspool.FOLDER_MODES,
+        then the marker SPOOL/system. An existing spool is converted. Raises SpoolError."""
+        if os.geteuid() != 0:
+            raise SpoolError("only root can make a system spool")
+        try:
+            os.makedirs(self.root, mode=sysspool.ROOT_MODE, exist_ok=True)
+            st = os.lstat(self.root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise SpoolError(f"{self.root} is not a folder ({fsio.kind(st.st_mode)}); refusing to use it")
+            os.chown(self.root, 0, 0)
+            os.chmod(self.root, sysspool.ROOT_MODE)
+            for folder, mode in sysspool.FOLDER_MODES.items():
+                path = self._dir(folder)
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise SpoolError(f"{path} is not a folder ({fsio.kind(st.st_mode)}); refusing to use it")
+                os.chown(path, 0, 0)
+                os.chmod(path, mode)
+            marker = os.path.join(self.root, sysspool.MARKER)
+            try:
+                fsio.write_file(marker, sysspool.MARKER_TEXT, 0o644)
+            except FileExistsError:
+                pass
+            st = os.lstat(marker)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+                raise SpoolError(f"{marker} is not a regular file of root's; remove it and run init --system again")
+            fsio.fsync_dir(self.root)
+        except OSError as e:
+            raise _os_error(f"cannot create system spool {self.root}", e) from None
+        self._system = None
+        self.file_mode = sysspool.FILE_MODE
+        return self
+
     # -- staging and publishing: the commit point of every rewrite -----------------------------
 
     def _tmp_path(self, purpose):
         return self._path("tmp", f"qc-{self.wid}-{os.urandom(6).hex()}.{purpose}")
 
-    def _stage(self, datas, purpose="write"):
+    def _stage(self, datas, purpose="write", owners=None):
         """Write each of DATAS to a new file in tmp/ and make them all durable (one flush for the
-        batch). Returns the tmp paths; on an error none is left behind."""
+        batch). OWNERS: per file, the sysspool.Owner it is given to (or None). Returns the tmp
+        paths; on an error none is left behind."""
         paths, fds = [], []
         try:
-            for data in datas:
+            for i, data in enumerate(datas):
                 path = self._tmp_path(purpose)
                 fds.append(fsio.create(path, self.file_mode))
                 paths.append(path)
+                self._give(fds[-1], owners[i] if owners else None)
                 fsio.write_all(fds[-1], data)
             fsio.flush(fds)
         except BaseException:
@@ -135,6 +195,13 @@ class Spool:
             for fd in fds:
                 os.close(fd)
         return paths
+
+    def _give(self, fd, owner):
+        """Make the new file FD OWNER's, mode 0600, before anything is in it: every file a system
+        spool's root worker writes for a job (its next version, its log) is its owner's."""
+        if owner is not None and os.geteuid() == 0:
+            os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, sysspool.FILE_MODE)
 
     def _publish(self, moves):
         """Rename each staged (tmp path, folder, name) into place, then fsync each folder once.
@@ -155,28 +222,26 @@ class Spool:
     # -- enqueue (transition 1) ----------------------------------------------------------------
 
     def reserve_id(self, job_id, token, src=None):
-        """Take ids/ID atomically (it fails if the id is taken: then False).
-
-        With SRC (a staged job file holding TOKEN), the reservation is a hard link to it: a link
-        costs a tenth of a file creation, and the token is inside. Otherwise a new file holding
-        TOKEN (drop-in adoption), written before its name appears: a crash cannot leave it empty.
-        """
+        """Take ids/ID atomically (it fails if the id is taken: then False), for enqueue and
+        adoption alike: a symlink whose target is TOKEN. symlink(2) fails if the name exists, is
+        complete when it appears, and a target this short lives in the inode (no data block, and
+        the job file keeps its single link). It is read with readlink, never followed. (SRC, the
+        staged job, is no longer linked: kept for callers.)"""
         try:
-            if src is not None:
-                os.link(src, self._path("ids", job_id), follow_symlinks=False)
-                return True
-            tmp = self._tmp_path("write")
-            fsio.write_file(tmp, token.encode(), self.file_mode, sync=False)
-            try:
-                os.link(tmp, self._path("ids", job_id), follow_symlinks=False)
-            finally:
-                fsio.unlink_quiet(tmp)
+            os.symlink(token, self._path("ids", job_id))
         except FileExistsError:
             return False
         return True
 
     def reservation(self, job_id):
-        """The token that holds ID, or None. ('' for a reservation that cannot be read.)"""
+        """The token that holds ID, or None. ('' for a reservation that cannot be read.)
+        Older spools' forms still read: a hard link to the job as enqueued, a file holding the token."""
+        try:
+            return os.readlink(self._path("ids", job_id))
+        except FileNotFoundError:
+            return None  # RACE: an enqueue that failed gave the id back meanwhile: it is free
+        except OSError:
+            pass  # EINVAL: not a symlink, an older reservation
         try:
             data = fsio.read_regular(self._path("ids", job_id), 1 << 30)
         except FileNotFoundError:
@@ -228,6 +293,41 @@ class Spool:
 
     def read_claim(self, claim, max_bytes=1 << 30, owners=None):
         return self.read("processing", claim.name, max_bytes, owners)
+
+    def read_obeyed(self, claim, max_bytes, owners=None):
+        """Read a claimed job about to be obeyed (run, adopted, recovered, revived): (job, the
+        sysspool.Owner it is carried for, or None). The one place the system spool's mode is
+        decided for a job: there, the owner comes from the fstat of the very file read, after
+        sysspool.admit; elsewhere, OWNERS (trusted uids) decide as in read()."""
+        if not self.system:
+            return self.read_claim(claim, max_bytes, owners), None
+        path = self._path("processing", claim.name)
+        for _ in range(20):
+            try:
+                data, who = fsio.read_checked(path, max_bytes, lambda st: sysspool.admit(st, max_bytes))
+                return jobdoc.validate(jobdoc.parse_bytes(data)), who
+            except JobInvalid as e:
+                if "hard links" not in str(e):
+                    raise
+                error = e
+            # a put-back or release links the file back, then removes its claim: a moment with two
+            # links. A file that keeps its second name is refused.
+            import time
+
+            time.sleep(0.01)
+        raise error
+
+    def job_owner(self, folder, name):
+        """The uid that owns FOLDER/NAME (FileNotFoundError when it is gone)."""
+        return os.lstat(self._path(folder, name)).st_uid
+
+    def check_mine(self, job_id, folder, name):
+        """In a system spool, a user acts only on their own jobs: raise NotYours for another's."""
+        if not self.system or os.geteuid() == 0:
+            return
+        uid = self.job_owner(folder, name)
+        if uid != os.geteuid():
+            raise NotYours(f"job {job_id} belongs to {sysspool.describe(uid)}; only they (or root) may see or act on it")
 
     def listdir(self, folder):
         try:
@@ -292,11 +392,12 @@ class Spool:
         """Remove a claim whose transition has committed elsewhere (a stale copy)."""
         fsio.unlink_quiet(self._path("processing", claim.name))
 
-    def finish(self, claim, job, not_before=None):
-        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9).
+    def finish(self, claim, job, not_before=None, owner=None):
+        """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9); OWNER:
+        whose the new version is (see read_obeyed).
 
         Returns (folder, name), or None when the claim had been taken over (see commit)."""
-        c = Commit(claim, job, not_before)
+        c = Commit(claim, job, not_before, owner)
         try:
             self.commit([c])
         except OSError:
@@ -321,7 +422,7 @@ class Spool:
         items goes on from there."""
         todo = [c for c in items if c.outcome is None]
         fresh = [c for c in todo if c.staged is None]
-        for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh])):
+        for c, path in zip(fresh, self._stage([jobdoc.dumps(c.job) for c in fresh], owners=[c.owner for c in fresh])):
             c.staged, c.dest = path, _destination(c.job, c.not_before)
         published, error = [], None
         try:
@@ -470,6 +571,7 @@ class Spool:
             if where is None:
                 break
             try:
+                self.check_mine(job_id, where[0], where[1])
                 return where + (self.read(where[0], where[1], 1 << 30),)
             except FileNotFoundError:
                 continue  # RACE: it moved on to its next state while we looked: look once more
@@ -477,14 +579,21 @@ class Spool:
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def open_log(self, job_id, seq):
-        """Open logs/ID.SEQ.log for appending; a planted file or symlink there is replaced, not followed."""
+    def open_log(self, job_id, seq, owner=None):
+        """Open logs/ID.SEQ.log for appending; a planted file or symlink there is replaced, not
+        followed. OWNER: whose the log is (a system spool's job run as its owner)."""
         path = self._path("logs", L.log_name(job_id, seq))
         try:
-            return fsio.create(path, self.file_mode, append=True)
+            fd = fsio.create(path, self.file_mode, append=True)
         except FileExistsError:
             os.unlink(path)
-            return fsio.create(path, self.file_mode, append=True)
+            fd = fsio.create(path, self.file_mode, append=True)
+        try:
+            self._give(fd, owner)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def logs_writable(self):
         return os.access(self._dir("logs"), os.W_OK)

@@ -18,6 +18,8 @@ def _read(spool, folder, name):
         return spool.read(folder, name, 1 << 30)
     except (FileNotFoundError, JobInvalid):
         return None  # RACE: it moved on (or is being rewritten): skip it in a snapshot
+    except PermissionError:
+        return None  # another user's job in a system spool: counted, never shown
 
 
 def printable(name):
