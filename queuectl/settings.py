@@ -163,7 +163,12 @@ def set_value(path, key, text):
         _check_pair(key, value, effective(raw))
         raw[key] = value
         shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
-        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600)
+        mode = 0o660 if shared else 0o600
+        from queuectl import sysspool
+
+        if sysspool.at(os.path.dirname(path) or "."):
+            mode = sysspool.CONFIG_MODE  # every user's enqueue reads max-job-bytes; only root writes
+        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), mode)
     return value
 
 

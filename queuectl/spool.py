@@ -122,13 +122,7 @@ class Spool:
         """Is this a system spool (queuectl init --system)? Its root and SPOOL/system are root's
         (sysspool.is_system): the one mark every process reads, and only root can make."""
         if self._system is None:
-            sts = []
-            for path in (self.root, os.path.join(self.root, sysspool.MARKER)):
-                try:
-                    sts.append(os.lstat(path))
-                except OSError:
-                    sts.append(None)
-            self._system = sysspool.is_system(*sts)
+            self._system = sysspool.at(self.root)
         return self._system
 
     def make_system(self):

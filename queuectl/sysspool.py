@@ -29,6 +29,7 @@ FOLDER_MODES = {
     "logs": 0o755,
     "workers": 0o755,
 }
+CONFIG_MODE = 0o644  # config.json: read by every user's enqueue, written by root only
 FILE_MODE = 0o600  # a job, its log, its history: only its owner (and root) reads them
 CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -46,6 +47,17 @@ def is_system(root_st, marker_st):
         and stat.S_ISREG(marker_st.st_mode)
         and marker_st.st_uid == 0
     )
+
+
+def at(root):
+    """Is ROOT a system spool? (for code without a Spool; Spool.system is the same test)"""
+    sts = []
+    for path in (root, os.path.join(root, MARKER)):
+        try:
+            sts.append(os.lstat(path))
+        except OSError:
+            sts.append(None)
+    return is_system(*sts)
 
 
 def owner(uid):
