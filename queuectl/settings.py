@@ -165,8 +165,9 @@ def set_value(path, key, text):
         shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
         mode = 0o660 if shared else 0o600
         from queuectl import sysspool
+        from queuectl.spool import is_system_spool
 
-        if sysspool.at(os.path.dirname(path) or "."):
+        if is_system_spool(os.path.dirname(path) or "."):
             mode = sysspool.CONFIG_MODE  # every user's enqueue reads max-job-bytes; only root writes
         write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), mode)
     return value

@@ -38,6 +38,17 @@ def default_root():
     return os.path.join(base, "queuectl")
 
 
+def is_system_spool(root):
+    """Is ROOT a system spool (queuectl init --system)? Its root and ROOT/system are root's."""
+    sts = []
+    for path in (root, os.path.join(root, sysspool.MARKER)):
+        try:
+            sts.append(os.lstat(path))
+        except OSError:
+            sts.append(None)
+    return sysspool.is_system(*sts)
+
+
 PUBLISHED, TAKEN_OVER = "published", "taken over"
 
 
@@ -122,7 +133,7 @@ class Spool:
         """Is this a system spool (queuectl init --system)? Its root and SPOOL/system are root's
         (sysspool.is_system): the one mark every process reads, and only root can make."""
         if self._system is None:
-            self._system = sysspool.at(self.root)
+            self._system = is_system_spool(self.root)
         return self._system
 
     def make_system(self):

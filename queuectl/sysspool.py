@@ -49,17 +49,6 @@ def is_system(root_st, marker_st):
     )
 
 
-def at(root):
-    """Is ROOT a system spool? (for code without a Spool; Spool.system is the same test)"""
-    sts = []
-    for path in (root, os.path.join(root, MARKER)):
-        try:
-            sts.append(os.lstat(path))
-        except OSError:
-            sts.append(None)
-    return is_system(*sts)
-
-
 def owner(uid):
     """The user with UID, from the password database: Owner. Raises KeyError if there is none."""
     pw = pwd.getpwuid(uid)
