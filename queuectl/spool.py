@@ -159,6 +159,14 @@ class Spool:
                     raise SpoolError(f"{path} is not a folder ({fsio.kind(st.st_mode)}); refusing to use it")
                 os.chown(path, 0, 0)
                 os.chmod(path, mode)
+            for name, mode in (("config.json", sysspool.CONFIG_MODE), ("config.json.lock", 0o600)):
+                try:  # a spool made before: its settings become root's, readable by every enqueue
+                    path = os.path.join(self.root, name)
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.chown(path, 0, 0)
+                        os.chmod(path, mode)
+                except FileNotFoundError:
+                    pass
             marker = os.path.join(self.root, sysspool.MARKER)
             try:
                 fsio.write_file(marker, sysspool.MARKER_TEXT, 0o644)

@@ -179,3 +179,22 @@ def test_a_user_cannot_get_anything_run_as_root(system, tmp_path):
         wait_until(lambda: os.path.exists(os.path.join(proof, f"ran-{alice}")), timeout=30, message="the planted claim was not recovered and run as its owner")
         assert sorted(os.listdir(proof)) == [f"ran-{alice}"], "something ran as another user than the file's owner"
         assert os.lstat(system.path("done", "planted.json")).st_uid == pwd.getpwnam(alice).pw_uid
+
+
+def test_a_job_s_cwd_is_entered_as_its_owner_never_by_root(system):
+    with users(1) as (names, _):
+        (alice,) = names
+        a = _as(system, alice)
+        private = shared_dir()
+        os.chmod(private, 0o700)  # root's: alice may not enter it
+        with open(os.path.join(private, "secret"), "w") as f:
+            f.write("root's secret\n")
+        os.chmod(os.path.join(private, "secret"), 0o644)
+        open_dir = shared_dir()
+        a.enqueue({"id": "shut", "command": "cat secret", "cwd": private, "max_retries": 0})
+        a.enqueue({"id": "open", "command": "pwd", "cwd": open_dir})
+        system.start_workers()
+        system.wait_counts(dead=1, completed=1, timeout=30)
+        assert system.show("shut")["exit_code"] == 2
+        assert "secret" not in _log(system, "shut").replace("cat secret", "") and "root's" not in _log(system, "shut")
+        assert _log(system, "open") == open_dir + "\n"
