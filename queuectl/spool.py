@@ -7,6 +7,7 @@ move under us is marked `RACE:`: who moved it, and why going on is safe.
 
 import os
 import stat
+import time
 
 from queuectl import fsio
 from queuectl import job as jobdoc
@@ -234,12 +235,11 @@ class Spool:
 
     # -- enqueue (transition 1) ----------------------------------------------------------------
 
-    def reserve_id(self, job_id, token, src=None):
+    def reserve_id(self, job_id, token):
         """Take ids/ID atomically (it fails if the id is taken: then False), for enqueue and
         adoption alike: a symlink whose target is TOKEN. symlink(2) fails if the name exists, is
         complete when it appears, and a target this short lives in the inode (no data block, and
-        the job file keeps its single link). It is read with readlink, never followed. (SRC, the
-        staged job, is no longer linked: kept for callers.)"""
+        the job file keeps its single link). It is read with readlink, never followed."""
         try:
             os.symlink(token, self._path("ids", job_id))
         except FileExistsError:
@@ -280,7 +280,7 @@ class Spool:
         results, moves = [], []
         try:
             for tmp, (job, nb) in zip(staged, accepted):
-                if self.reserve_id(job["id"], job["token"], src=tmp):
+                if self.reserve_id(job["id"], job["token"]):
                     moves.append((tmp, "pending", L.pending_name(nb, job["id"])))
                     results.append(job["id"])
                 else:
@@ -325,8 +325,6 @@ class Spool:
                 error = e
             # a put-back or release links the file back, then removes its claim: a moment with two
             # links. A file that keeps its second name is refused.
-            import time
-
             time.sleep(0.01)
         raise error
 
