@@ -198,3 +198,24 @@ def test_a_job_s_cwd_is_entered_as_its_owner_never_by_root(system):
         assert system.show("shut")["exit_code"] == 2
         assert "secret" not in _log(system, "shut").replace("cat secret", "") and "root's" not in _log(system, "shut")
         assert _log(system, "open") == open_dir + "\n"
+
+
+def test_reservations_are_symlinks_without_data_blocks_and_older_forms_still_read(tmp_path):
+    """spool_layout.md, Ids: a symlink whose target is the token (no data block, the job file keeps
+    one link); a hard link to the job as enqueued, or a file holding the token, still read."""
+    from queuectl import job as jobdoc
+    from queuectl.spool import Spool as Protocol
+
+    s = Protocol(str(tmp_path / "spool")).ensure()
+    job, nb = jobdoc.accept({"id": "new", "command": "true"}, 0.0, 3)
+    assert s.enqueue([(job, nb)]) == ["new"]
+    st = os.lstat(os.path.join(s.root, "ids", "new"))
+    assert stat.S_ISLNK(st.st_mode) and st.st_blocks == 0 and os.readlink(os.path.join(s.root, "ids", "new")) == job["token"]
+    (pending,) = os.listdir(os.path.join(s.root, "pending"))
+    assert os.lstat(os.path.join(s.root, "pending", pending)).st_nlink == 1
+    assert s.reservation("new") == job["token"]
+    os.link(os.path.join(s.root, "pending", pending), os.path.join(s.root, "ids", "linked"))
+    with open(os.path.join(s.root, "ids", "file"), "w") as f:
+        f.write("tok-of-a-drop-in")
+    assert (s.reservation("linked"), s.reservation("file"), s.reservation("none")) == (job["token"], "tok-of-a-drop-in", None)
+    assert s.reserve_id("new", "other") is False and s.reserve_id("file", "other") is False
