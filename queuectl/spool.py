@@ -513,6 +513,17 @@ class Spool:
             fsio.write_file(self._path("rejected", name + L.REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         except FileExistsError:
             pass  # RACE: a recovering worker finished the same rejection; the reason is there
+        if self.system and os.geteuid() == 0:
+            self._give_reason(name)
+
+    def _give_reason(self, name):
+        """In a system spool, NAME.reason is the rejected file's owner's (0600), so that they can
+        read why (`list --state rejected`); only root writes in rejected/."""
+        try:
+            uid = self.stat("rejected", name).st_uid
+            os.chown(self._path("rejected", name + L.REASON_SUFFIX), uid, -1, follow_symlinks=False)
+        except OSError:
+            pass  # the reason stays root's: the rejection stands all the same
 
     def reject_tmp(self, name, reason, now):
         name = self._link_no_replace(self._path("tmp", name), "rejected", name)

@@ -149,6 +149,8 @@ def test_a_hard_linked_job_file_is_rejected(system):
         system.start_workers()
         assert "has 2 hard links; a job file must have exactly one" in _reason(system, "linked.json")
         assert system.ls("logs") == []
+        [mine] = a.json("list", "--state", "rejected", "--json")  # the reason is the file owner's to read
+        assert mine["name"] == "linked.json" and "has 2 hard links" in mine["reason"]
 
 
 def test_a_user_cannot_get_anything_run_as_root(system, tmp_path):
@@ -178,6 +180,7 @@ def test_a_user_cannot_get_anything_run_as_root(system, tmp_path):
         assert "hard links; a job file must have exactly one" in _reason(system, "hard.json")
         wait_until(lambda: os.path.exists(os.path.join(proof, f"ran-{alice}")), timeout=30, message="the planted claim was not recovered and run as its owner")
         assert sorted(os.listdir(proof)) == [f"ran-{alice}"], "something ran as another user than the file's owner"
+        wait_until(lambda: os.path.exists(system.path("done", "planted.json")), timeout=20)
         assert os.lstat(system.path("done", "planted.json")).st_uid == pwd.getpwnam(alice).pw_uid
 
 
