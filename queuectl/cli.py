@@ -46,17 +46,24 @@ def cli(ctx, root):
 
 @cli.command()
 @click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0660).")
+@click.option("--system", is_flag=True, help="A system spool (root only): any local user submits; root's workers run each job as its owner.")
 @click.pass_context
-def init(ctx, group):
+def init(ctx, group, system):
     """Create the spool folders; private (0700) by default. Other commands create only the default
     spool on first use: a --spool or $QUEUECTL_SPOOL that does not exist must be made by init.
 
     \b
     Example:
       queuectl --spool /var/spool/myjobs init --group jobs
+      sudo queuectl --spool /var/spool/queuectl init --system
     """
     from queuectl.spool import Spool
 
+    if system and group is not None:
+        raise BadInput("use one of --group and --system")
+    if system:
+        click.echo(Spool(ctx.obj["root"]).make_system().root)
+        return 0
     click.echo(Spool(ctx.obj["root"]).ensure(group=group).root)
 
 
@@ -157,9 +164,15 @@ def worker_start(ctx, count, burst, detach):
       queuectl worker start --count 4          # foreground; Ctrl-C stops after the current jobs
       queuectl worker start --burst            # run what is due, then exit
     """
-    from queuectl import pool
+    import os
 
-    return pool.start(_spool(ctx), count, burst=burst, detach=detach)
+    from queuectl import pool
+    from queuectl.errors import SpoolError
+
+    spool = _spool(ctx)
+    if spool.system and os.geteuid() != 0:
+        raise SpoolError(f"{spool.root} is a system spool: its workers run as root, each job as its owner (see README, Shared hosts)")
+    return pool.start(spool, count, burst=burst, detach=detach)
 
 
 class Duration(click.ParamType):

@@ -29,6 +29,14 @@ def retry(spool, ids, all_):
                 skipped[uid] = skipped.get(uid, 0) + 1
     revived, errors = [], []
     for job_id in dict.fromkeys(ids):
+        try:  # before taking it: in a system spool's sticky dead/, another's file cannot be moved
+            if valid_id(job_id) and spool.final_folder(job_id) == "dead":
+                check_may_rewrite(spool.stat("dead", L.final_name(job_id)), "retry", f"job {job_id!r}")
+        except NotYours as e:
+            errors.append(e)
+            continue
+        except FileNotFoundError:
+            pass  # RACE: revived by someone else meanwhile: the take below says so
         claim = spool.take("revive", L.final_name(job_id)) if valid_id(job_id) else None
         if claim is None:
             where = spool.locate(job_id) if valid_id(job_id) else None
@@ -36,14 +44,16 @@ def retry(spool, ids, all_):
             errors.append(NotFound(f"job {job_id!r} is not dead (it is {state})" if state else f"no job with id {job_id!r}"))
             continue
         try:
-            job, st = spool.read_with_stat("processing", claim.name)
+            job, who = spool.read_obeyed(claim, 1 << 30)  # who: its owner, in a system spool
+            st = spool.stat("processing", claim.name)
             check_may_rewrite(st, "retry", f"job {job_id!r}")
         except (JobInvalid, NotYours) as e:
             spool.put_back(claim)  # unchanged, its owner's still
             errors.append(e if isinstance(e, NotYours) else NotFound(f"job {job_id!r} cannot be read: {e}"))
             continue
         now = clock()
-        if spool.finish(claim, policy.revive(job, now), now, owner=keep_owner(st)) is None:  # RACE: we were thought lost
+        owner = who if who is not None else keep_owner(st)
+        if spool.finish(claim, policy.revive(job, now), now, owner=owner) is None:  # RACE: we were thought lost
             errors.append(NotFound(f"job {job_id!r} was put back in dead/ by recovery while this command was stopped"))
             continue
         revived.append(job_id)

@@ -40,3 +40,7 @@ class Untrusted(QueuectlError):
     def __init__(self, message, uid=None):
         super().__init__(message)
         self.uid = uid
+
+
+class NotYours(QueuectlError):
+    """The job (or file) belongs to another user, and this process may not act on it (exit 1)."""

@@ -151,6 +151,39 @@ def _check_owner(st, owners):
         raise Untrusted(f"owned by {user(st.st_uid)}, whom this worker does not trust (trusted-users)", st.st_uid)
 
 
+def read_checked(path, max_bytes, check):
+    """The bytes of PATH and CHECK(fstat) of the very file read (CHECK raises ValueError to refuse
+    it): the lstat, then an O_NOFOLLOW|O_NONBLOCK open, so neither a symlink nor a FIFO is ever
+    followed or waited on. Raises JobInvalid (refused), FileNotFoundError (gone)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # RACE: swapped for a symlink after the lstat
+            raise JobInvalid("not a regular file (symlink)") from None
+        raise
+    try:
+        try:
+            result = check(os.fstat(fd))
+        except ValueError as e:
+            raise JobInvalid(str(e)) from None
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise JobInvalid(f"file is over the max-job-bytes limit of {max_bytes}")
+    return data, result
+
+
 def has_writer(path):
     """Does any process have PATH open for writing? True, False, or None when it cannot be told.
 

@@ -66,9 +66,16 @@ class Intake:
         self.left = {}  # pending/ names left for a worker that trusts their owner: {name: uid}
         self.recheck_at = float("inf")  # when a file left alone by being_written() is due a look
 
+    def trusts(self, uid):
+        owners = self.owners()
+        return owners is None or uid in owners
+
     def owners(self):
         """The uids whose job files run: this worker's user and the trusted-users setting. The one
-        place that says whom a worker trusts (intake, claims, recovery and --burst ask it)."""
+        place that says whom a worker trusts (intake, claims, recovery and --burst ask it). None
+        (anyone's) in a system spool, where each job runs as its file's owner (Spool.read_obeyed)."""
+        if self.spool.system:
+            return None
         value = self.settings["trusted-users"]
         if self._trusted[0] != value:
             self._trusted = (value, trusted_uids(value) | {os.geteuid()})
@@ -110,7 +117,7 @@ class Intake:
             st = self.spool.stat("pending", name)
         except OSError:
             return False  # RACE: claimed or removed meanwhile: the next step finds it gone
-        if stat.S_ISREG(st.st_mode) and st.st_uid not in self.owners():
+        if stat.S_ISREG(st.st_mode) and not self.trusts(st.st_uid):
             self.leave(name, st.st_uid)
             return True
         self.left.pop(name, None)  # trusted now (trusted-users changed): take it
@@ -162,7 +169,7 @@ class Intake:
         if why:
             return self.reject(claim, why, now)
         try:
-            doc = self.spool.read_claim(claim, self.settings["max-job-bytes"], self.owners())
+            doc, owner = self.spool.read_obeyed(claim, self.settings["max-job-bytes"], self.owners())
             st = self.spool.stat("processing", claim.name)
         except Untrusted as e:  # RACE: replaced by another user's file since untrusted() looked
             self.spool.put_back(claim)  # unchanged, still its owner's: never adopted by us
@@ -187,7 +194,7 @@ class Intake:
         if not doc.get("run_at"):
             name_nb = L.parse_pending(name)[0]
             nb = name_nb if name_nb is not None else now
-        dest = self.spool.finish(claim, job, nb)
+        dest = self.spool.finish(claim, job, nb, owner=owner)
         if dest is None:
             return  # RACE: we were thought lost and recovery took the drop-in over: it is theirs
         self.index.add(dest[1], job["priority"], nb, job["created_at"], job)

@@ -8,11 +8,7 @@ would turn every job it touches into root's.
 
 import os
 
-from queuectl.errors import QueuectlError
-
-
-class NotYours(QueuectlError):
-    """This process's user may not act on another user's file (exit 1)."""
+from queuectl.errors import NotYours  # noqa: F401  (raised here; importers take it from here too)
 
 
 def user_name(uid):

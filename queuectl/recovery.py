@@ -166,7 +166,7 @@ class Recovery:
         whose owner this worker trusts: the rewrite makes the job its own user's. Another owner's
         file goes back to pending/ unchanged (still its owner's), for a worker that trusts it."""
         try:
-            job = self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]), self.owners() if self.owners else None)
+            job, owner = self.spool.read_obeyed(claim, read_limit(self.settings["max-job-bytes"]), self.owners() if self.owners else None)
         except Untrusted as e:
             name = self.spool.put_back(claim)
             self.log(f"put claim {claim.name!r} of lost worker {holder} back in pending/ as {name!r}, unchanged: "
@@ -177,7 +177,7 @@ class Recovery:
             self.log(f"recovered claim {claim.name!r} was broken; kept as rejected/{name}")
             return
         if job.get("state") == "dead":  # a `dlq retry` of the version before claim operations
-            if self.spool.finish(claim, job) is not None:  # (its claim looked like a run's)
+            if self.spool.finish(claim, job, owner=owner) is not None:  # (its claim looked like a run's)
                 self.log(f"put job {job['id']} back in dead/ (interrupted dlq retry of an older queuectl by {holder})")
             return
         job, nb = policy.record_attempt(
@@ -190,10 +190,10 @@ class Recovery:
             log=None,
             base=self.settings["backoff-base"],
             maximum=self.settings["backoff-max"],
-            cancelled=self.spool.requested(job["id"], "cancel"),  # asked of the lost worker: done here
+            cancelled=self.spool.requested(job["id"], "cancel", owner),  # asked of the lost worker: done here
         )
-        hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold")
-        dest = self.spool.finish(claim, job, nb, hold)
+        hold = job["state"] == "failed" and self.spool.requested(job["id"], "hold", owner)
+        dest = self.spool.finish(claim, job, nb, hold=hold, owner=owner)
         if dest is not None:
             self.counts["cancelled" if policy.was_cancelled(job) else job["state"]] += 1
             self._answered(job["id"], dest[0])

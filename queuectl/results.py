@@ -18,10 +18,11 @@ SETTLE_DELAY = 0.01  # ...or once the oldest has waited this long (seconds)
 class Finished:
     """An ended attempt, not yet durable. record() turns it into its job's next version: a Commit."""
 
-    __slots__ = ("claim", "job", "attempt", "log", "commit")
+    __slots__ = ("claim", "job", "attempt", "log", "commit", "owner")
 
-    def __init__(self, claim, job, attempt, log):
+    def __init__(self, claim, job, attempt, log, owner=None):
         self.claim, self.job, self.attempt, self.log, self.commit = claim, job, attempt, log, None
+        self.owner = owner  # carried from the claim: the next version is its owner's (system spool)
 
     def record(self, wid, settings, requested):
         """REQUESTED(id, kind): is there such a request for the job (Spool.requested)? Asked
@@ -31,7 +32,7 @@ class Finished:
             return
         a = self.attempt
         job_id = self.job["id"]
-        cancelled = a.cancelled or requested(job_id, "cancel")
+        cancelled = a.cancelled or requested(job_id, "cancel", self.owner)
         job, not_before = policy.record_attempt(
             self.job,
             started=a.started,
@@ -45,8 +46,8 @@ class Finished:
             maximum=settings["backoff-max"],
             cancelled=cancelled,
         )
-        hold = job["state"] == "failed" and requested(job_id, "hold")
-        self.commit = Commit(self.claim, job, not_before, hold, answers=cancelled or hold)
+        hold = job["state"] == "failed" and requested(job_id, "hold", self.owner)
+        self.commit = Commit(self.claim, job, not_before, hold=hold, answers=cancelled or hold, owner=self.owner)
 
 
 class Unsettled:
@@ -61,10 +62,10 @@ class Unsettled:
     def __len__(self):
         return len(self.items)
 
-    def add(self, claim, job, attempt, log):
+    def add(self, claim, job, attempt, log, owner=None):
         if not self.items:
             self.oldest = time.monotonic()
-        self.items.append(Finished(claim, job, attempt, log))
+        self.items.append(Finished(claim, job, attempt, log, owner))
 
     def due(self):
         """Worth settling now: SETTLE_BATCH results, or the oldest waiting SETTLE_DELAY seconds.

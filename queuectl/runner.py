@@ -18,8 +18,8 @@ CLAIM_ENV = "QUEUECTL_CLAIM"  # lets recovery find a lost worker's orphaned job 
 
 Spec = namedtuple(
     "Spec",
-    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain on_spawn should_cancel",
-    defaults=(None, 0, None, None, None, None, None, None, None, None),
+    "command env cwd open_log timeout max_log_bytes tick wakeup_fd on_tick should_abort after_spawn contain on_spawn should_cancel owner",
+    defaults=(None, 0, None, None, None, None, None, None, None, None, None),
 )
 Spec.__doc__ = """One attempt to run.
 
@@ -34,7 +34,8 @@ from others'). wakeup_fd: the signal wake-up pipe, so that a signal cuts a wait 
 worker's containment (contain.py), which also stops, and at the end of the attempt kills, whatever
 the job started outside its process group; None: the process group only. should_cancel()
 returning True (`queuectl cancel`: asked right after the spawn and at every wake-up) stops the
-job the same way, and the attempt ends cancelled."""
+job the same way, and the attempt ends cancelled. owner: a sysspool.Owner to run the job as (a
+system spool's root worker; see spawn_as), or None: the worker's own user."""
 
 
 class Attempt:
@@ -53,6 +54,36 @@ class Attempt:
         self.log_error = None
         self.leftovers = 0  # processes the job left running when its shell ended (killed then)
         self.notes = ()  # remarks for the attempt's history entry (e.g. stop signals it sent its worker)
+
+
+# A job's own `cwd` is entered by the job's shell, as its owner: a chdir done by root before it
+# drops its privileges would let the job start inside a folder its owner may not enter.
+_ENTER_CWD = 'cd -- "$1" || exit 2; exec /bin/sh -c "$2"'
+
+
+def spawn_as(owner, command, env, cwd, out_fd):
+    """Start /bin/sh -c COMMAND as OWNER (uid, primary gid, supplementary groups), as the leader
+    of a new session; ENV is the whole environment. Without CWD the job starts in OWNER's home."""
+    import subprocess
+
+    from queuectl import sysspool
+
+    argv = ["/bin/sh", "-c", command] if cwd is None else ["/bin/sh", "-c", _ENTER_CWD, "sh", cwd, command]
+    with _empty_sigmask():
+        proc = subprocess.Popen(
+            argv,
+            cwd=sysspool.child_cwd(owner) if cwd is None else "/",
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=out_fd,
+            start_new_session=True,
+            user=owner.uid,
+            group=owner.gid,
+            extra_groups=list(owner.groups),
+        )
+    proc.returncode = 0  # we reap it ourselves
+    return proc.pid
 
 
 def spawn(command, env, cwd, out_fd):
@@ -278,14 +309,17 @@ def run(spec):
     """Run one attempt (a Spec) to its end; returns its Attempt. Its times are wall-clock (they go
     into the job's history); its timeout is measured on the monotonic clock, which no clock step moves."""
     attempt = Attempt(time.time())
-    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+    if spec.cwd is not None and spec.owner is None and not os.path.isdir(spec.cwd):
         attempt.error = f"could not start: cwd {spec.cwd!r} does not exist or is not a folder"
         attempt.finished = time.time()
         return attempt
     pump = OutputPump(spec.open_log, spec.max_log_bytes)
     contain = spec.contain
     try:
-        pid = spawn(spec.command, spec.env, spec.cwd, pump.write_end)
+        if spec.owner is not None:
+            pid = spawn_as(spec.owner, spec.command, spec.env, spec.cwd, pump.write_end)
+        else:
+            pid = spawn(spec.command, spec.env, spec.cwd, pump.write_end)
     except OSError as e:
         os.close(pump.fd)
         attempt.error = f"could not start: {e.strerror or e}"

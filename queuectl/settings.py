@@ -219,8 +219,13 @@ def set_value(path, key, text):
         raw = read_file(path)
         _check_pair(key, value, effective(raw))
         raw[key] = value
-        shared = st.st_mode & 0o070  # a group's spool: 0660
-        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600, owner=owner)
+        mode = 0o660 if st.st_mode & 0o070 else 0o600  # a group's spool: 0660
+        from queuectl import sysspool
+        from queuectl.spool import is_system_spool
+
+        if is_system_spool(root):
+            mode = sysspool.CONFIG_MODE  # every user's enqueue reads max-job-bytes; only root writes
+        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), mode, owner=owner)
     return value
 
 

@@ -7,11 +7,13 @@ move under us is marked `RACE:`: who moved it, and why going on is safe.
 
 import os
 import stat
+import time
 
 from queuectl import fsio
 from queuectl import job as jobdoc
+from queuectl import sysspool
 from queuectl import layout as L
-from queuectl.errors import DuplicateId, JobInvalid, NotFound, SpoolError
+from queuectl.errors import DuplicateId, JobInvalid, NotFound, NotYours, SpoolError
 from queuectl.procs import worker_id
 from queuectl.timeutil import iso, parse_iso
 
@@ -37,6 +39,17 @@ def default_root():
     return os.path.join(base, "queuectl")
 
 
+def is_system_spool(root):
+    """Is ROOT a system spool (queuectl init --system)? Its root and ROOT/system are root's."""
+    sts = []
+    for path in (root, os.path.join(root, sysspool.MARKER)):
+        try:
+            sts.append(os.lstat(path))
+        except OSError:
+            sts.append(None)
+    return sysspool.is_system(*sts)
+
+
 PUBLISHED, TAKEN_OVER = "published", "taken over"
 
 
@@ -47,10 +60,12 @@ class Commit:
 
     __slots__ = ("claim", "job", "not_before", "hold", "answers", "owner", "staged", "fence", "dest", "outcome")
 
-    def __init__(self, claim, job, not_before=None, hold=False, answers=False, owner=None):
+    def __init__(self, claim, job, not_before=None, *, hold=False, answers=False, owner=None):
         self.claim, self.job, self.not_before, self.hold = claim, job, not_before, hold
         self.answers = answers  # it answers a request (requests/ID.*): remove it once published
-        self.owner = owner  # (uid, gid) the new version gets (root keeping a job its owner's), or None
+        # whose the new version is: a sysspool.Owner (a system spool's root worker), a (uid, gid)
+        # (root keeping a job its owner's, owners.keep_owner), or None: the writer's
+        self.owner = owner
         self.staged = self.fence = self.dest = self.outcome = None
 
 
@@ -68,6 +83,7 @@ class Spool:
         self.pause_path = os.path.join(self.root, L.PAUSED)
         self.counters_lock_path = os.path.join(self.root, L.COUNTERS + ".lock")
         self._wid = None
+        self._system = None
         self.file_mode = 0o600  # 0660 in a spool shared with a group (see ensure)
 
     @property
@@ -94,6 +110,9 @@ class Spool:
         mode = 0o2770 if group is not None else 0o700
         if not create and not os.path.isdir(self.root):
             raise SpoolError(f"no spool at {self.root}; create it with queuectl init")
+        if self.system:
+            self.file_mode = sysspool.FILE_MODE
+            return self  # made by root (make_system): nobody else may add to it
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
             paths = [self.root] + [self._dir(d) for d in L.FOLDERS]
@@ -115,6 +134,60 @@ class Spool:
             raise _os_error(f"cannot create spool {self.root}", e) from None
         return self
 
+    @property
+    def system(self):
+        """Is this a system spool (queuectl init --system)? Its root and SPOOL/system are root's
+        (sysspool.is_system): the one mark every process reads, and only root can make."""
+        if self._system is None:
+            self._system = is_system_spool(self.root)
+        return self._system
+
+    def make_system(self):
+        """Create a system spool (root only): root folder 0755, folders as sysspool.FOLDER_MODES,
+        then the marker SPOOL/system. An existing spool is converted. Raises SpoolError."""
+        if os.geteuid() != 0:
+            raise SpoolError("only root can make a system spool")
+        try:
+            os.makedirs(self.root, mode=sysspool.ROOT_MODE, exist_ok=True)
+            st = os.lstat(self.root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise SpoolError(f"{self.root} is not a folder ({fsio.kind(st.st_mode)}); refusing to use it")
+            os.chown(self.root, 0, 0)
+            os.chmod(self.root, sysspool.ROOT_MODE)
+            for folder, mode in sysspool.FOLDER_MODES.items():
+                path = self._dir(folder)
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    pass
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise SpoolError(f"{path} is not a folder ({fsio.kind(st.st_mode)}); refusing to use it")
+                os.chown(path, 0, 0)
+                os.chmod(path, mode)
+            for name, mode in (("config.json", sysspool.CONFIG_MODE), ("config.json.lock", 0o600)):
+                try:  # a spool made before: its settings become root's, readable by every enqueue
+                    path = os.path.join(self.root, name)
+                    if stat.S_ISREG(os.lstat(path).st_mode):
+                        os.chown(path, 0, 0)
+                        os.chmod(path, mode)
+                except FileNotFoundError:
+                    pass
+            marker = os.path.join(self.root, sysspool.MARKER)
+            try:
+                fsio.write_file(marker, sysspool.MARKER_TEXT, 0o644)
+            except FileExistsError:
+                pass
+            st = os.lstat(marker)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+                raise SpoolError(f"{marker} is not a regular file of root's; remove it and run init --system again")
+            fsio.fsync_dir(self.root)
+        except OSError as e:
+            raise _os_error(f"cannot create system spool {self.root}", e) from None
+        self._system = None
+        self.file_mode = sysspool.FILE_MODE
+        return self
+
     # -- staging and publishing: the commit point of every rewrite -----------------------------
 
     def _tmp_path(self, purpose):
@@ -122,16 +195,15 @@ class Spool:
 
     def _stage(self, datas, purpose="write", owners=None):
         """Write each of DATAS to a new file in tmp/ and make them all durable (one flush for the
-        batch); OWNERS: a (uid, gid) or None per file, to fchown it to. Returns the tmp paths; on
-        an error none is left behind."""
+        batch). OWNERS: per file, whose it is made (see Commit.owner), or None. Returns the tmp
+        paths; on an error none is left behind."""
         paths, fds = [], []
         try:
             for i, data in enumerate(datas):
                 path = self._tmp_path(purpose)
                 fds.append(fsio.create(path, self.file_mode))
                 paths.append(path)
-                if owners and owners[i] is not None:
-                    os.fchown(fds[-1], *owners[i])
+                self._give(fds[-1], owners[i] if owners else None)
                 fsio.write_all(fds[-1], data)
             fsio.flush(fds)
         except BaseException:
@@ -142,6 +214,18 @@ class Spool:
             for fd in fds:
                 os.close(fd)
         return paths
+
+    def _give(self, fd, owner):
+        """Make the new file FD OWNER's before anything is in it (see Commit.owner): a (uid, gid)
+        keeps its mode; a sysspool.Owner also gets mode 0600, since every file a system spool's
+        root worker writes for a job (its next version, its log) is its owner's alone."""
+        if owner is None:
+            return
+        if not isinstance(owner, sysspool.Owner):  # (uid, gid)
+            os.fchown(fd, *owner)
+        elif os.geteuid() == 0:
+            os.fchown(fd, owner.uid, owner.gid)
+            os.fchmod(fd, sysspool.FILE_MODE)
 
     def _publish(self, moves):
         """Rename each staged (tmp path, folder, name) into place, then fsync each folder once.
@@ -161,29 +245,26 @@ class Spool:
 
     # -- enqueue (transition 1) ----------------------------------------------------------------
 
-    def reserve_id(self, job_id, token, src=None):
-        """Take ids/ID atomically (it fails if the id is taken: then False).
-
-        With SRC (a staged job file holding TOKEN), the reservation is a hard link to it: a link
-        costs a tenth of a file creation, and the token is inside. Otherwise a new file holding
-        TOKEN (drop-in adoption), written before its name appears: a crash cannot leave it empty.
-        """
+    def reserve_id(self, job_id, token):
+        """Take ids/ID atomically (it fails if the id is taken: then False), for enqueue and
+        adoption alike: a symlink whose target is TOKEN. symlink(2) fails if the name exists, is
+        complete when it appears, and a target this short lives in the inode (no data block, and
+        the job file keeps its single link). It is read with readlink, never followed."""
         try:
-            if src is not None:
-                os.link(src, self._path("ids", job_id), follow_symlinks=False)
-                return True
-            tmp = self._tmp_path("write")
-            fsio.write_file(tmp, token.encode(), self.file_mode, sync=False)
-            try:
-                os.link(tmp, self._path("ids", job_id), follow_symlinks=False)
-            finally:
-                fsio.unlink_quiet(tmp)
+            os.symlink(token, self._path("ids", job_id))
         except FileExistsError:
             return False
         return True
 
     def reservation(self, job_id):
-        """The token that holds ID, or None. ('' for a reservation that cannot be read.)"""
+        """The token that holds ID, or None. ('' for a reservation that cannot be read.)
+        Older spools' forms still read: a hard link to the job as enqueued, a file holding the token."""
+        try:
+            return os.readlink(self._path("ids", job_id))
+        except FileNotFoundError:
+            return None  # RACE: an enqueue that failed gave the id back meanwhile: it is free
+        except OSError:
+            pass  # EINVAL: not a symlink, an older reservation
         try:
             data = fsio.read_regular(self._path("ids", job_id), 1 << 30)
         except FileNotFoundError:
@@ -209,7 +290,7 @@ class Spool:
         results, moves = [], []
         try:
             for tmp, (job, nb) in zip(staged, accepted):
-                if self.reserve_id(job["id"], job["token"], src=tmp):
+                if self.reserve_id(job["id"], job["token"]):
                     moves.append((tmp, "pending", L.pending_name(nb, job["id"])))
                     results.append(job["id"])
                 else:
@@ -240,6 +321,39 @@ class Spool:
 
     def read_claim(self, claim, max_bytes=1 << 30, owners=None):
         return self.read("processing", claim.name, max_bytes, owners)
+
+    def read_obeyed(self, claim, max_bytes, owners=None):
+        """Read a claimed job about to be obeyed (run, adopted, recovered, revived): (job, the
+        sysspool.Owner it is carried for, or None). The one place the system spool's mode is
+        decided for a job: there, the owner comes from the fstat of the very file read, after
+        sysspool.admit; elsewhere, OWNERS (trusted uids) decide as in read()."""
+        if not self.system:
+            return self.read_claim(claim, max_bytes, owners), None
+        path = self._path("processing", claim.name)
+        for _ in range(20):
+            try:
+                data, who = fsio.read_checked(path, max_bytes, lambda st: sysspool.admit(st, max_bytes))
+                return jobdoc.validate(jobdoc.parse_bytes(data)), who
+            except JobInvalid as e:
+                if "hard links" not in str(e):
+                    raise
+                error = e
+            # a put-back or release links the file back, then removes its claim: a moment with two
+            # links. A file that keeps its second name is refused.
+            time.sleep(0.01)
+        raise error
+
+    def job_owner(self, folder, name):
+        """The uid that owns FOLDER/NAME (FileNotFoundError when it is gone)."""
+        return os.lstat(self._path(folder, name)).st_uid
+
+    def check_mine(self, job_id, folder, name):
+        """In a system spool, a user acts only on their own jobs: raise NotYours for another's."""
+        if not self.system or os.geteuid() == 0:
+            return
+        uid = self.job_owner(folder, name)
+        if uid != os.geteuid():
+            raise NotYours(f"job {job_id} belongs to {sysspool.describe(uid)}; only they (or root) may see or act on it")
 
     def listdir(self, folder):
         try:
@@ -304,9 +418,9 @@ class Spool:
         """Remove a claim whose transition has committed elsewhere (a stale copy)."""
         fsio.unlink_quiet(self._path("processing", claim.name))
 
-    def finish(self, claim, job, not_before=None, hold=False, owner=None):
+    def finish(self, claim, job, not_before=None, *, hold=False, owner=None):
         """Write JOB to the folder its state names, in place of CLAIM (transitions 2, 5-9, 11-14);
-        OWNER: (uid, gid) of the new version (see Commit).
+        OWNER: whose the new version is (see Commit.owner).
 
         Returns (folder, name), or None when the claim had been taken over (see commit)."""
         c = Commit(claim, job, not_before, hold=hold, owner=owner)
@@ -414,6 +528,17 @@ class Spool:
             fsio.write_file(self._path("rejected", name + L.REASON_SUFFIX), f"{iso(now)} {reason}\n".encode(), self.file_mode, sync=False)
         except FileExistsError:
             pass  # RACE: a recovering worker finished the same rejection; the reason is there
+        if self.system and os.geteuid() == 0:
+            self._give_reason(name)
+
+    def _give_reason(self, name):
+        """In a system spool, NAME.reason is the rejected file's owner's (0600), so that they can
+        read why (`list --state rejected`); only root writes in rejected/."""
+        try:
+            uid = self.stat("rejected", name).st_uid
+            os.chown(self._path("rejected", name + L.REASON_SUFFIX), uid, -1, follow_symlinks=False)
+        except OSError:
+            pass  # the reason stays root's: the rejection stands all the same
 
     def reject_tmp(self, name, reason, now):
         name = self._link_no_replace(self._path("tmp", name), "rejected", name)
@@ -484,6 +609,7 @@ class Spool:
             if where is None:
                 break
             try:
+                self.check_mine(job_id, where[0], where[1])
                 return where + (self.read(where[0], where[1], 1 << 30),)
             except FileNotFoundError:
                 continue  # RACE: it moved on to its next state while we looked: look once more
@@ -491,14 +617,21 @@ class Spool:
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def open_log(self, job_id, seq):
-        """Open logs/ID.SEQ.log for appending; a planted file or symlink there is replaced, not followed."""
+    def open_log(self, job_id, seq, owner=None):
+        """Open logs/ID.SEQ.log for appending; a planted file or symlink there is replaced, not
+        followed. OWNER: whose the log is (a system spool's job run as its owner)."""
         path = self._path("logs", L.log_name(job_id, seq))
         try:
-            return fsio.create(path, self.file_mode, append=True)
+            fd = fsio.create(path, self.file_mode, append=True)
         except FileExistsError:
             os.unlink(path)
-            return fsio.create(path, self.file_mode, append=True)
+            fd = fsio.create(path, self.file_mode, append=True)
+        try:
+            self._give(fd, owner)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
     def logs_writable(self):
         return os.access(self._dir("logs"), os.W_OK)
@@ -789,9 +922,15 @@ class Spool:
         fsio.fsync_dir(self._dir("requests"))
         return True
 
-    def requested(self, job_id, kind):
-        """Is there a request KIND for job ID? One lstat (a running job's worker asks on each wake)."""
-        return os.path.lexists(self._path("requests", L.request_name(job_id, kind)))
+    def requested(self, job_id, kind, owner=None):
+        """Is there a request KIND for job ID? One lstat (a running job's worker asks on each wake).
+        In a system spool, where every user may write in requests/, a request for a job run as
+        OWNER (a sysspool.Owner) counts only if that user or root made it."""
+        try:
+            st = os.lstat(self._path("requests", L.request_name(job_id, kind)))
+        except FileNotFoundError:
+            return False
+        return not (self.system and owner is not None) or st.st_uid in (0, owner.uid)
 
     def requests(self):
         """[(id, kind)] of the requests in requests/."""

@@ -18,6 +18,8 @@ def _read(spool, folder, name):
         return spool.read(folder, name, 1 << 30)
     except (FileNotFoundError, JobInvalid):
         return None  # RACE: it moved on (or is being rewritten): skip it in a snapshot
+    except PermissionError:
+        return None  # another user's job in a system spool: counted, never shown
 
 
 def printable(name):
@@ -82,13 +84,15 @@ def status(spool):
 
 def trusted_by_workers(spool):
     """The uids whose jobs some registered worker runs (the `trusts` of their heartbeats; a
-    heartbeat without it: its owner), or None when no worker is registered."""
+    heartbeat without it: its owner), or None when no worker is registered or one runs anyone's."""
     wids = spool.worker_ids()
     if not wids:
         return None
     uids = set()
     for wid in wids:
         trusts = (spool.read_heartbeat(wid) or {}).get("trusts")
+        if trusts == "all":  # a system spool's worker: it runs everyone's jobs (as their owners)
+            return None
         if isinstance(trusts, list):
             uids.update(u for u in trusts if isinstance(u, int))
         else:

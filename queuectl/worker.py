@@ -28,7 +28,7 @@ from collections import deque
 from queuectl import layout as L
 from queuectl import contain, counters, policy, runner
 from queuectl.dueindex import DueIndex
-from queuectl.errors import JobInvalid, Untrusted
+from queuectl.errors import JobInvalid, SpoolError, Untrusted
 from queuectl.faults import Faults
 from queuectl.intake import Intake
 from queuectl.job import read_limit
@@ -52,18 +52,22 @@ JOB_SLACK = 1.0  # seconds after its job ended that a stop signal from a vanishe
 PID_SLACK = 60.0  # seconds after its job ended that a stop signal from the job's pid is still the job's
 
 
-def attempt_env(base, job, spool_root, claim):
-    """The environment of a job's command: the worker's, the job's env, and queuectl's variables."""
+def attempt_env(base, job, spool_root, claim, owner=None):
+    """The environment of a job's command: the worker's, the job's env, and queuectl's variables.
+    Run as OWNER (a system spool): a clean one from OWNER's passwd entry instead of the worker's."""
+    ours = {
+        "QUEUECTL_JOB_ID": job["id"],
+        "QUEUECTL_ATTEMPT": str(job.get("attempts", 0) + 1),
+        "QUEUECTL_SPOOL": spool_root,
+        runner.CLAIM_ENV: claim.name,
+    }
+    if owner is not None:
+        from queuectl import sysspool
+
+        return sysspool.child_env(owner, job.get("env"), ours)
     env = base.copy()
     env.update(job.get("env") or {})
-    env.update(
-        {
-            "QUEUECTL_JOB_ID": job["id"],
-            "QUEUECTL_ATTEMPT": str(job.get("attempts", 0) + 1),
-            "QUEUECTL_SPOOL": spool_root,
-            runner.CLAIM_ENV: claim.name,
-        }
-    )
+    env.update(ours)
     return env
 
 
@@ -157,6 +161,8 @@ class Worker:
 
     def setup(self):
         self.spool.ensure(create=False)  # a spool that vanished (unmounted) is not made again here
+        if self.spool.system and os.geteuid() != 0:
+            raise SpoolError(f"{self.spool.root} is a system spool: its workers run as root (each job as its owner)")
         self.wid = self.spool.wid
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -246,7 +252,8 @@ class Worker:
         # what recovery and `status` believe of this worker: the claims it holds (a claim named
         # by no live worker's heartbeat is lost) and the owners whose jobs it runs
         data["claims"] = sorted(self.held_claims())
-        data["trusts"] = sorted(self.intake.owners())
+        owners = self.intake.owners()
+        data["trusts"] = sorted(owners) if owners is not None else "all"  # a system spool's: everyone's
         if self.requests.level:
             data["stopping_since"] = iso(self.requests.since)
             data["stop_requested_by"] = self.requests.senders()
@@ -358,7 +365,9 @@ class Worker:
             self.log("spool resumed: running due jobs again")
 
     def claim(self, now):
-        """Win the rename of the best due job: (Claim, job), or None."""
+        """Win the rename of the best due job: (Claim, job, owner), or None. In a system spool the
+        claimed file is read again, and its owner taken from it (Spool.read_obeyed): what the
+        index read earlier is not what is obeyed."""
         while True:
             name = self.index.pop_due(now)
             if name is None:
@@ -371,10 +380,10 @@ class Worker:
                 return None
             if claim is None:
                 continue  # RACE: another worker won this one; try the next
-            if doc is not None:
-                return claim, doc
+            if doc is not None and not self.spool.system:
+                return claim, doc, None
             try:
-                return claim, self.spool.read_claim(claim, read_limit(self.settings["max-job-bytes"]), self.intake.owners())
+                return (claim, *self.spool.read_obeyed(claim, read_limit(self.settings["max-job-bytes"]), self.intake.owners()))
             except Untrusted as e:  # RACE: another user's file was moved to its name meanwhile
                 self.guard("release a job", self.spool.put_back, claim)
                 self.intake.leave(claim.origin, e.uid)
@@ -393,14 +402,14 @@ class Worker:
             held.add(self.current.name)
         return held
 
-    def run_and_finish(self, claim, job):
+    def run_and_finish(self, claim, job, owner=None):
         self.current = claim
         try:
-            self._run_and_finish(claim, job)
+            self._run_and_finish(claim, job, owner)
         finally:
             self.current = None
 
-    def _run_and_finish(self, claim, job):
+    def _run_and_finish(self, claim, job, owner=None):
         seq = policy.attempt_seq(job)
         if not self.spool.logs_writable():
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
@@ -410,9 +419,9 @@ class Worker:
         self.runs.append(run)
         spec = runner.Spec(
             command=job["command"],
-            env=attempt_env(self.base_env, job, self.spool.root, claim),
+            env=attempt_env(self.base_env, job, self.spool.root, claim, owner),
             cwd=job.get("cwd"),
-            open_log=lambda: self.spool.open_log(job["id"], seq),
+            open_log=lambda: self.spool.open_log(job["id"], seq, owner),
             timeout=job.get("timeout") or self.settings["job-timeout"] or None,
             max_log_bytes=self.settings["max-log-bytes"],
             tick=self.settings["heartbeat-seconds"],
@@ -422,7 +431,8 @@ class Worker:
             after_spawn=self._after_spawn,
             contain=self.contain,
             on_spawn=lambda pid: setattr(run, "pid", pid),
-            should_cancel=lambda: self.spool.requested(job["id"], "cancel"),
+            should_cancel=lambda: self.spool.requested(job["id"], "cancel", owner),
+            owner=owner,
         )
         try:
             attempt = runner.run(spec)
@@ -444,7 +454,7 @@ class Worker:
             self.guard("release a job", self.spool.put_back, claim)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
-        self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None)
+        self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None, owner)
 
     def _after_spawn(self):
         self.watch_requests()
@@ -541,7 +551,7 @@ class Worker:
 
     def _trusted_claim(self, claim):
         try:
-            return self.spool.stat("processing", claim.name).st_uid in self.intake.owners()
+            return self.intake.trusts(self.spool.stat("processing", claim.name).st_uid)
         except OSError:
             return False  # RACE: settled or taken over meanwhile
 

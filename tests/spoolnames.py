@@ -67,10 +67,17 @@ def namespace():
 
 
 def reserved_token(root, job_id):
-    """The token that ids/ID names (spool_layout.md, "Ids"): a hard link to the job file as it
-    was enqueued, or a small file holding the token. None if the id is not reserved."""
+    """The token that ids/ID names (spool_layout.md, "Ids"): a symlink whose target is the token,
+    or (older spools) a hard link to the job file as it was enqueued, or a small file holding the
+    token. None if the id is not reserved."""
     import json
 
+    try:
+        return os.readlink(os.path.join(root, "ids", job_id))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        pass
     try:
         with open(os.path.join(root, "ids", job_id), "rb") as f:
             data = f.read()

@@ -49,6 +49,9 @@ def snapshot(spool):
     for dirpath, dirnames, filenames in os.walk(spool.root):
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if os.path.islink(path):  # an id's reservation: its target is the token
+                out[os.path.relpath(path, spool.root)] = ("symlink", os.readlink(path))
+                continue
             with open(path, "rb") as f:
                 out[os.path.relpath(path, spool.root)] = f.read()
         for name in dirnames:

@@ -815,14 +815,14 @@ def test_worker_killed_mid_job_leaves_no_orphan_and_its_job_is_recovered(spool, 
 
 
 def _creates_ids_j1(*args):
-    """A trap predicate: the link that brings ids/j1 into being (both enqueue and adoption reserve
-    an id by linking a complete file to its name)."""
-    return len(args) >= 2 and os.fsdecode(args[1]).endswith(os.path.join("ids", "j1"))  # os.link(src, dst)
+    """A trap predicate: the symlink that brings ids/j1 into being (both enqueue and adoption
+    reserve an id with a symlink whose target is the job's token)."""
+    return len(args) >= 2 and os.fsdecode(args[1]).endswith(os.path.join("ids", "j1"))  # os.symlink(token, dst)
 
 
 @pytest.mark.parametrize("step", ["enqueue", "adopt"])
 def test_crash_right_after_reserving_the_id_does_not_burn_it(tmp_path, step):
-    """A process that dies just after ids/j1 appears (by link) must not leave the
+    """A process that dies just after ids/j1 appears (by symlink) must not leave the
     id taken by a reservation that names no job. An enqueue is not acknowledged yet: recovery may
     finish it (the id names its token) or drop it (the id is free again for the writer's retry). A
     drop-in is acknowledged once renamed into pending/: it must still be adopted and run."""
@@ -833,8 +833,8 @@ def test_crash_right_after_reserving_the_id_does_not_burn_it(tmp_path, step):
     else:
         drop_in(ctx, "j1.json", b'{"command": "true"}')
         run = lambda: run_worker(ctx)  # noqa: E731
-    rc = run_child(run, trap=("link", _creates_ids_j1, "after"))
-    assert rc == CRASHED, f"{step} did not reserve ids/j1 with os.link"
+    rc = run_child(run, trap=("symlink", _creates_ids_j1, "after"))
+    assert rc == CRASHED, f"{step} did not reserve ids/j1 with os.symlink"
 
     recover(ctx.root)
 

@@ -23,7 +23,7 @@ from queuectl.spool import Spool
 from queuectl.worker import Worker
 from spoolnames import PENDING_RE, parse_claim  # the names as spool_layout.md gives them
 
-WRAPPED = ("open", "write", "fsync", "fdatasync", "close", "rename", "replace", "link", "unlink")
+WRAPPED = ("open", "write", "fsync", "fdatasync", "close", "rename", "replace", "link", "unlink", "symlink")
 
 
 class Recorder:
@@ -84,6 +84,10 @@ class Recorder:
 
             return op
 
+        def symlink(target, dst, *args, **kwargs):  # TARGET is a token, not a path
+            real["symlink"](target, dst, *args, **kwargs)
+            self._add("symlink", os.fsdecode(target), self.rel(dst))
+
         def unlink(path, *args, **kwargs):
             real["unlink"](path, *args, **kwargs)
             self._add("unlink", self.rel(path))
@@ -97,6 +101,7 @@ class Recorder:
             ("rename", two("rename")),
             ("replace", two("replace")),
             ("link", two("link")),
+            ("symlink", symlink),
             ("unlink", unlink),
         ):
             setattr(os, name, fn)
@@ -189,9 +194,9 @@ def test_enqueue_of_one_job_fsyncs_file_then_renames_then_fsyncs_pending(tmp_pat
     i_rename, tmp, dst = commit
     assert dst == os.path.join("pending", pending_name(spool, "j1"))
     assert_durable_commit(rec, i_rename, tmp, dst)
-    # the id is reserved (ids/j1 created or linked) before the job shows in pending/, and ids/ is
-    # fsynced before enqueue returns
-    reserved = [i for i, e in enumerate(rec.events) if e[0] in ("open", "link") and e[-1] == "ids/j1"]
+    # the id is reserved (ids/j1 made: a symlink naming the token) before the job shows in
+    # pending/, and ids/ is fsynced before enqueue returns
+    reserved = [i for i, e in enumerate(rec.events) if e[0] in ("open", "link", "symlink") and e[-1] == "ids/j1"]
     assert reserved and reserved[0] < i_rename and rec.indexes(("fsync", "ids")), rec.show()
 
 
