@@ -45,7 +45,7 @@ def cli(ctx, root):
 
 
 @cli.command()
-@click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0660).")
+@click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0640).")
 @click.pass_context
 def init(ctx, group):
     """Create the spool folders; private (0700) by default. Other commands create only the default
@@ -523,7 +523,8 @@ def config_set(ctx, key, value):
     """
     from queuectl import settings
 
-    settings.set_value(_spool(ctx).config_path, key, value)
+    spool = _spool(ctx)
+    settings.set_value(spool.config_path, key, value, lock=spool.lock_path())
     return 0
 
 

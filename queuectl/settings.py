@@ -6,9 +6,10 @@ atomically); writers hold config.json.lock so that two `config set` calls cannot
 
 import json
 import os
+import sys
 from collections import namedtuple
 
-from queuectl.errors import BadInput, SpoolError
+from queuectl.errors import BadInput, JobInvalid, SpoolError
 from queuectl.job import MAX_SECONDS
 
 Setting = namedtuple("Setting", "key kind default low high help low_open", defaults=(False,))
@@ -25,6 +26,7 @@ TABLE = (
     Setting("heartbeat-seconds", "seconds", 5, 0, 28800, "how often a worker refreshes its heartbeat file; at most a third of lease-seconds", True),
     Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
     Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
+    Setting("max-worker-log-bytes", "int", 10485760, 4096, 1 << 40, "size at which a detached pool's worker log is renamed to .1 (one kept) and a new one started"),
     Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are rejected"),
 )
 BY_KEY = {s.key: s for s in TABLE}
@@ -112,14 +114,26 @@ def trusted_uids(value):
     return uids
 
 
+class Ignored(SpoolError):
+    """config.json is not a regular file (a FIFO would block every reader for good): it is
+    ignored, the defaults apply, and the message says so."""
+
+
 def read_file(path):
-    """The settings that were set, as a dict; {} when there is no config.json."""
+    """The settings that were set, as a dict; {} when there is no config.json. Never blocks:
+    anything but a regular file raises Ignored at once."""
+    from queuectl import fsio
+
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(fsio.read_regular(path, 1 << 20).decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as e:
+    except fsio.NotRegular as e:
+        raise Ignored(
+            f"{path} is {e.describe()}, not a settings file: ignored, the defaults apply; "
+            "the spool's owner should remove it (queuectl config set writes a new one)"
+        ) from None
+    except (OSError, ValueError, JobInvalid) as e:
         raise SpoolError(f"cannot read settings {path}: {e}") from None
     if not isinstance(data, dict):
         raise SpoolError(f"cannot read settings {path}: not a JSON object")
@@ -142,8 +156,16 @@ def effective(raw):
     return values
 
 
-def load(path):
-    return effective(read_file(path))
+def _warn(text):
+    print(f"queuectl: warning: {text}", file=sys.stderr)
+
+
+def load(path, warn=_warn):
+    try:
+        return effective(read_file(path))
+    except Ignored as e:
+        warn(str(e))
+        return effective({})
 
 
 def get(path, key):
@@ -151,19 +173,25 @@ def get(path, key):
     return load(path)[key]
 
 
-def set_value(path, key, text):
-    """Validate, then rewrite config.json under its lock. Nothing changes on a bad key or value."""
+def set_value(path, key, text, lock=None):
+    """Validate, then rewrite config.json under its lock (LOCK: its checked path, Spool.lock_path).
+    Nothing changes on a bad key or value."""
     value = parse_value(key, text)
     from filelock import FileLock  # only `config set` needs it: keep other commands fast
 
     from queuectl.fsio import write_atomic
 
-    with FileLock(path + ".lock", timeout=10):
-        raw = read_file(path)
+    shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0640, writable by its owner only
+    mode = 0o640 if shared else 0o600
+    with FileLock(lock or path + ".lock", timeout=10, mode=mode):
+        try:
+            raw = read_file(path)
+        except Ignored as e:  # replaced below by a regular file
+            _warn(str(e))
+            raw = {}
         _check_pair(key, value, effective(raw))
         raw[key] = value
-        shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0660
-        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), 0o660 if shared else 0o600)
+        write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), mode)
     return value
 
 
@@ -195,8 +223,8 @@ def _advice(x, fits):
 class Watched:
     """Settings that a long-running worker re-reads when config.json's mtime changes."""
 
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, warn=_warn):
+        self.path, self.warn = path, warn
         self._mtime = None
         self.values = effective({})
         self.refresh()
@@ -209,7 +237,10 @@ class Watched:
         if mtime != self._mtime:
             self._mtime = mtime
             try:
-                self.values = load(self.path)
+                self.values = effective(read_file(self.path))
+            except Ignored as e:  # said once per change of the file
+                self.warn(str(e))
+                self.values = effective({})
             except SpoolError:
                 pass  # keep the last good values; a half-edited file by hand must not stop work
         return self.values

@@ -105,7 +105,7 @@ class Worker:
         self.counts = dict.fromkeys(L.OUTCOMES, 0)
         self.index = DueIndex()
         self.faults = Faults(self.log)
-        self.settings = Watched(spool.config_path)
+        self.settings = Watched(spool.config_path, warn=self.log)
         self.unsettled = Unsettled(spool, self.settings)
         self.intake = Intake(spool, self.index, self.settings, self.log)
         self.recovery = Recovery(spool, self.settings, self.log)
@@ -256,7 +256,10 @@ class Worker:
 
     def check_spool(self):
         """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
-        Back, or replaced by a new folder: watch it again and rescan it."""
+        Back, or replaced by a new folder: watch it again and rescan it. A folder whose path
+        names another one now (swapped for a symlink) is said once; its handle is kept."""
+        for text in self.spool.check_folders():
+            self.log(text)
         try:
             ino = self.spool.stat("pending", ".").st_ino
         except OSError as e:
