@@ -322,7 +322,7 @@ class Spool:
         except SpoolError:
             raise
         except OSError as e:
-            raise _os_error(f"cannot create spool {self.root}", _explain(e)) from None
+            raise _os_error(f"cannot {'create' if create else 'use'} spool {self.root}", _explain(e)) from None
         return self
 
     def _make_lock(self):
