@@ -153,12 +153,11 @@ class Spool:
             try:
                 what = fsio.describe(os.stat(folder, dir_fd=root, follow_symlinks=False))
             except OSError:
-                what = "not a folder"
+                what = "something else"
             raise OSError(
                 e.errno,
-                f"not a folder but {what}: refusing to use it (it could send the spool's files elsewhere); "
-                f"the spool's owner ({self.owner_name()}) should remove it and run `queuectl init`",
-                self._dir(folder),
+                f"{self._dir(folder)} is {what}, not a folder: refusing to use it (it could send the spool's files "
+                f"elsewhere); the spool's owner ({self.owner_name()}) should remove it and run `queuectl init`",
             ) from None
 
     def owner_name(self):
