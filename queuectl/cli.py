@@ -588,6 +588,9 @@ def main(argv=None):
         click.echo(f"queuectl: {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:
+        from queuectl.spool import explain  # whose the path is, its mode, what to do
+
+        e = explain(e)
         where = f" ({e.filename})" if e.filename else ""
         click.echo(f"queuectl: {e.strerror or e}{where}", err=True)
         sys.exit(1)

@@ -26,6 +26,7 @@ from queuectl.timeutil import iso, parse_iso
 
 
 def _os_error(action, e):
+    e = explain(e)
     return SpoolError(f"{action}: {e.strerror or e} ({e.filename or ''})".replace(" ()", ""))
 
 
@@ -71,14 +72,20 @@ def _close_quiet(fd):
         pass
 
 
-def _explain(e):
-    """E, its message saying whose the path is and its mode when permission was denied."""
-    if e.errno in (errno.EACCES, errno.EPERM) and isinstance(e.filename, str):
-        try:
-            what = fsio.describe(os.lstat(e.filename))
-            e.strerror = f"{e.strerror}: it is {what}; ask its owner to fix its mode (queuectl init --group GROUP makes a shared spool), or use a spool of your own"
-        except OSError:
-            pass
+def explain(e):
+    """E, its message saying whose the path is, its mode and what to do when permission was denied."""
+    if e.errno in (errno.EACCES, errno.EPERM) and isinstance(e.filename, str) and ": it is " not in (e.strerror or ""):
+        folder = os.path.dirname(e.filename)
+        for path, it in ((e.filename, "it is"), (folder, f"its folder {folder} is")):
+            try:
+                what = fsio.describe(os.lstat(path))
+            except OSError:
+                continue
+            e.strerror = (
+                f"{e.strerror}: {it} {what}; ask its owner to fix the mode (queuectl init --group GROUP shares a spool "
+                "with a group), or use a spool of your own"
+            )
+            break
     return e
 
 
@@ -321,7 +328,7 @@ class Spool:
         except SpoolError:
             raise
         except OSError as e:
-            raise _os_error(f"cannot {'create' if create else 'use'} spool {self.root}", _explain(e)) from None
+            raise _os_error(f"cannot {'create' if create else 'use'} spool {self.root}", explain(e)) from None
         return self
 
     def _make_lock(self):
@@ -948,7 +955,7 @@ class Spool:
             except FileExistsError:
                 fd = os.open(name, flags, dir_fd=self._fd(""))
         except OSError as e:
-            raise _explain(self._named(e, "", name)) from None
+            raise explain(self._named(e, "", name)) from None
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
             os.close(fd)

@@ -167,13 +167,13 @@ FSIO_PATH_CALLS = {"create", "write_file", "unlink_quiet", "read_regular", "open
 HANDLE_KEYWORDS = {"dir_fd", "src_dir_fd", "dst_dir_fd"}
 # the root is the user's choice, reached by its path: made (ensure), opened once (_fd), and
 # compared with its handle (check_folders); a listing reads a new open of a handle (_listdir); an
-# error's path is described for its message (_explain)
+# error's path is described for its message (explain)
 BY_PATH = {
     "ensure": {"os.path.isdir", "os.makedirs", "os.chmod"},
     "_fd": {"os.open"},
     "check_folders": {"os.stat"},
     "_listdir": {"os.listdir"},
-    "_explain": {"os.lstat"},
+    "explain": {"os.lstat"},
 }
 
 
