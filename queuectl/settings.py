@@ -183,7 +183,11 @@ def set_value(path, key, text, lock=None):
 
     shared = os.stat(os.path.dirname(path) or ".").st_mode & 0o070  # a group's spool: 0640, writable by its owner only
     mode = 0o640 if shared else 0o600
-    with FileLock(lock or path + ".lock", timeout=10, mode=mode):
+    try:
+        held = FileLock(lock or path + ".lock", timeout=10, mode=mode)
+    except TypeError:  # filelock < 3.10 has no mode: the spool made the lock with it (Spool.lock_path)
+        held = FileLock(lock or path + ".lock", timeout=10)
+    with held:
         try:
             raw = read_file(path)
         except Ignored as e:  # replaced below by a regular file
