@@ -37,7 +37,7 @@ from queuectl.procs import hostname, worker_id
 from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
 from queuectl.settings import Watched
-from queuectl.spool import TAKEN_OVER
+from queuectl.spool import TAKEN_OVER, explain
 from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
 from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher
@@ -531,7 +531,7 @@ class Worker:
             return None
 
     def fault(self, action, error):
-        self.faults.report(action, error)
+        self.faults.report(action, explain(error))  # permission denied: says whose, which mode, what to do
         self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile (both monotonic)
 
     def _line(self, msg):
