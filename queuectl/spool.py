@@ -150,6 +150,18 @@ class Spool:
             self._handles[folder] = fd
         return fd
 
+    def close(self):
+        """Let go of this process's handles (they are opened again at the next use)."""
+        try:
+            if self._handles_pid == os.getpid():
+                for fd in self._handles.values():
+                    _close_quiet(fd)
+        except Exception:  # at interpreter exit, from __del__
+            pass
+        self._handles, self._handles_pid = {}, None
+
+    __del__ = close
+
     def _open_folder(self, folder):
         root = self._fd("")
         try:
