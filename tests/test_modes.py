@@ -62,6 +62,7 @@ def test_every_file_of_a_group_spool_has_its_documented_mode(umask):
             wait_until(lambda: {"a-ok.json", "dropped.json"} <= set(os.listdir(os.path.join(root, "done"))), timeout=30)
             wait_until(lambda: os.listdir(os.path.join(root, "dead")) == ["b-fails.json"], timeout=30)
             wait_until(lambda: "bad.json.reason" in os.listdir(os.path.join(root, "rejected")), timeout=30)
+            wait_until(lambda: os.listdir(os.path.join(root, "processing")) == [], timeout=30)  # the rejection's claim gone
             running = assert_modes(root, 0o2770, 0o640)  # heartbeats included
             assert any(p.startswith("workers/") for p in running)
             assert {"worker.log", f"worker.{bob}.log", "config.json", "config.json.lock"} <= set(running)
@@ -99,6 +100,7 @@ def test_every_file_of_a_private_spool_is_its_owners_alone(umask):
             a.run("worker", "start", "--detach", check=0)
             wait_until(lambda: os.listdir(os.path.join(root, "dead")) == ["fails.json"], timeout=30)
             wait_until(lambda: "bad.json.reason" in os.listdir(os.path.join(root, "rejected")), timeout=30)
+            wait_until(lambda: os.listdir(os.path.join(root, "processing")) == [], timeout=30)
             assert "worker.log" in assert_modes(root, 0o700, 0o600)
         finally:
             stop_everything(root)
