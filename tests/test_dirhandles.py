@@ -23,6 +23,17 @@ def swap_for_symlink(root, folder, target):
     os.symlink(target, os.path.join(root, folder))
 
 
+def watching(pid):
+    """Has process PID an inotify instance (a worker watching pending/)?"""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def drop(root, folder, name, data):
     tmp = os.path.join(root, "tmp", f"drop.{time.monotonic_ns()}")
     with open(tmp, "wb") as f:
@@ -37,6 +48,9 @@ def test_a_folder_swapped_for_a_symlink_while_workers_run_redirects_nothing(spoo
     spool.run("config", "set", "heartbeat-seconds", "0.2", check=0)
     spool.run("config", "set", "backoff-max", "0", check=0)
     pool = start_pool(spool, tmp_path)
+    # watching pending/ (inotify) is by path: a watch set up after the swap would watch the
+    # symlink's target, and new files in the real folder would wait for the next rescan
+    wait_until(lambda: all(watching(w["pid"]) for w in spool.live_workers()), timeout=20)
     swap_for_symlink(spool.root, folder, str(outside))
     wait_until(lambda: SWAPPED in pool_log(pool), timeout=20)
     where = lambda f: spool.path(f + ".old" if f == folder else f)  # noqa: E731 - the folder the workers hold
