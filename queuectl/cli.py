@@ -45,7 +45,7 @@ def cli(ctx, root):
 
 
 @cli.command()
-@click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0660).")
+@click.option("--group", metavar="NAME", help="Share the spool with this group (folders 2770, files 0640).")
 @click.option("--system", is_flag=True, help="A system spool (root only): any local user submits; root's workers run each job as its owner.")
 @click.pass_context
 def init(ctx, group, system):
@@ -731,7 +731,11 @@ def config_set(ctx, key, value):
     """
     from queuectl import settings
 
-    settings.set_value(_spool(ctx).config_path, key, value)
+    from queuectl.owners import check_may_configure
+
+    spool = _spool(ctx)
+    check_may_configure(spool.root, spool.config_path)  # who may, before the lock is looked at
+    settings.set_value(spool.config_path, key, value, lock=spool.lock_path())
     return 0
 
 
@@ -795,6 +799,9 @@ def main(argv=None):
         click.echo(f"queuectl: {e}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:
+        from queuectl.spool import explain  # whose the path is, its mode, what to do
+
+        e = explain(e)
         where = f" ({e.filename})" if e.filename else ""
         click.echo(f"queuectl: {e.strerror or e}{where}", err=True)
         sys.exit(1)

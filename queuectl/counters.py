@@ -8,7 +8,7 @@ therefore counters.json plus the counts of the heartbeats not folded yet. counte
 latest workers it folded, so a heartbeat folded by a process that died before removing it is not
 counted twice. Purges and retention never touch any of it.
 
-A one-shot command that ends an attempt or a job (h-cancel's `cancel`) calls add().
+A one-shot command that ends an attempt or a job (none does today: `cancel` of a waiting job ends no attempt) calls add().
 """
 
 NAMES = ("completed", "failed", "dead", "cancelled")  # what an attempt left its job as
@@ -30,9 +30,7 @@ def clean(data):
 
 
 def _lock(spool):
-    from filelock import FileLock
-
-    return FileLock(spool.counters_lock_path, timeout=LOCK_TIMEOUT)
+    return spool.counters_lock(LOCK_TIMEOUT)
 
 
 def _merge(totals, counts):
@@ -52,8 +50,8 @@ def add(spool, outcome, n=1):
 
 def fold(spool, wid, counts=None):
     """Fold the counts of worker WID (ended: gracefully, with COUNTS, or dead, from its
-    heartbeat) into counters.json, and remove its heartbeat, under the lock. Raises Timeout
-    (filelock) if the lock cannot be had: the heartbeat then stays, for recovery to fold later."""
+    heartbeat) into counters.json, and remove its heartbeat, under the lock. Raises TimeoutError
+    if the lock cannot be had: the heartbeat then stays, for recovery to fold later."""
     with _lock(spool):
         if counts is None:
             counts = clean((spool.read_heartbeat(wid) or {}).get("counts"))

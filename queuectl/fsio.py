@@ -16,9 +16,17 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
 SYNCFS_MIN = 8  # from this many files on, one syncfs beats an fsync per file (measured: bench/)
 
 
-def create(path, mode, append=False):
-    """Open a new file at PATH for writing; fails if anything (a planted symlink too) is there."""
-    return os.open(path, _CREATE_FLAGS | (os.O_APPEND if append else 0), mode)
+def create(path, mode, append=False, dir_fd=None):
+    """Open a new file at PATH (relative to DIR_FD if given) for writing; fails if anything (a
+    planted symlink too) is there. The file gets MODE exactly, whatever the umask."""
+    fd = os.open(path, _CREATE_FLAGS | (os.O_APPEND if append else 0), mode, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, mode)  # the umask took bits away (0640 under 077): the documented mode it is
+    except BaseException:
+        os.close(fd)
+        unlink_quiet(path, dir_fd)
+        raise
+    return fd
 
 
 def write_all(fd, data):
@@ -27,10 +35,10 @@ def write_all(fd, data):
         view = view[os.write(fd, view) :]
 
 
-def write_file(path, data, mode=0o600, sync=True, owner=None):
+def write_file(path, data, mode=0o600, sync=True, dir_fd=None, owner=None):
     """Create PATH holding DATA; fsync when asked; OWNER (uid, gid): fchown it (root keeping a
     file another user's). Nothing is left at PATH on an error."""
-    fd = create(path, mode)
+    fd = create(path, mode, dir_fd=dir_fd)
     try:
         if owner is not None:
             os.fchown(fd, *owner)
@@ -39,7 +47,7 @@ def write_file(path, data, mode=0o600, sync=True, owner=None):
             os.fsync(fd)
     except BaseException:
         os.close(fd)
-        unlink_quiet(path)
+        unlink_quiet(path, dir_fd)
         raise
     os.close(fd)
 
@@ -57,7 +65,7 @@ def write_atomic(path, data, mode, owner=None):
 
 
 def fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -96,40 +104,69 @@ def _syncfs(fd):
     return True
 
 
-def unlink_quiet(path):
+def unlink_quiet(path, dir_fd=None):
     try:
-        os.unlink(path)
+        os.unlink(path, dir_fd=dir_fd)
     except OSError:
         pass
 
 
-def read_regular(path, max_bytes, owners=None):
-    return read_regular_stat(path, max_bytes, owners)[0]
+def open_regular(path, dir_fd=None):
+    """(fd, stat) of the regular file PATH opened for reading, never blocking nor following a
+    link: a FIFO, device, socket, folder or symlink is refused at once (NotRegular), unopened
+    when the lstat tells (opening a device can act on it)."""
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegular(st)
+    try:
+        fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # RACE: swapped for a symlink after the lstat: refuse it all the same
+            raise NotRegular(os.stat(path, dir_fd=dir_fd, follow_symlinks=False)) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegular(st)
+    return fd, st
 
 
-def read_regular_stat(path, max_bytes, owners=None):
+class NotRegular(JobInvalid):
+    """Not a regular file; ST: its stat, for a message that says what it is and whose."""
+
+    def __init__(self, st):
+        super().__init__(f"not a regular file ({kind(st.st_mode)})")
+        self.st = st
+
+    def describe(self):
+        return describe(self.st)
+
+
+def describe(st):
+    """'a FIFO owned by user 'bob' (uid 1001), mode 0644', for error messages."""
+    what = kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "regular file"
+    return f"a {what} owned by {user(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def read_regular(path, max_bytes, owners=None, dir_fd=None):
+    return read_regular_stat(path, max_bytes, owners, dir_fd)[0]
+
+
+def read_regular_stat(path, max_bytes, owners=None, dir_fd=None):
     """(bytes, fstat) of a regular file, refusing anything else without blocking or following links.
 
     OWNERS: the uids whose files are accepted (None: anyone's), checked on the file read (fstat).
-    Raises JobInvalid (not a regular file, too big), Untrusted (owned by another uid),
-    FileNotFoundError (gone).
+    Raises JobInvalid (NotRegular, too big), Untrusted (owned by another uid), FileNotFoundError
+    (gone).
     """
-    st = os.lstat(path)
+    st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode):
-        raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
+        raise NotRegular(st)
     _check_owner(st, owners)
     if st.st_size > max_bytes:
         raise JobInvalid(f"file is {st.st_size} bytes, over the max-job-bytes limit of {max_bytes}")
+    fd, st = open_regular(path, dir_fd)
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # RACE: swapped for a symlink after the lstat: refuse it all the same
-            raise JobInvalid("not a regular file (symlink)") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
         _check_owner(st, owners)  # RACE: another file may have been moved to PATH after the lstat
         chunks, left = [], max_bytes + 1
         while left > 0:
@@ -151,22 +188,14 @@ def _check_owner(st, owners):
         raise Untrusted(f"owned by {user(st.st_uid)}, whom this worker does not trust (trusted-users)", st.st_uid)
 
 
-def read_checked(path, max_bytes, check):
+def read_checked(path, max_bytes, check, dir_fd=None):
     """The bytes of PATH and CHECK(fstat) of the very file read (CHECK raises ValueError to refuse
-    it): the lstat, then an O_NOFOLLOW|O_NONBLOCK open, so neither a symlink nor a FIFO is ever
-    followed or waited on. Raises JobInvalid (refused), FileNotFoundError (gone)."""
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise JobInvalid(f"not a regular file ({kind(st.st_mode)})")
-    try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # RACE: swapped for a symlink after the lstat
-            raise JobInvalid("not a regular file (symlink)") from None
-        raise
+    it): the lstat, then an O_NOFOLLOW|O_NONBLOCK open (open_regular), so neither a symlink nor a
+    FIFO is ever followed or waited on. Raises JobInvalid (refused), FileNotFoundError (gone)."""
+    fd, st = open_regular(path, dir_fd)
     try:
         try:
-            result = check(os.fstat(fd))
+            result = check(st)
         except ValueError as e:
             raise JobInvalid(str(e)) from None
         chunks, left = [], max_bytes + 1
@@ -184,7 +213,7 @@ def read_checked(path, max_bytes, check):
     return data, result
 
 
-def has_writer(path):
+def has_writer(path, dir_fd=None):
     """Does any process have PATH open for writing? True, False, or None when it cannot be told.
 
     Linux: a read lease (F_SETLEASE) is granted only on a file nobody has open for writing; it
@@ -192,7 +221,7 @@ def has_writer(path):
     try:
         import fcntl
 
-        fd = os.open(path, _READ_FLAGS)
+        fd = os.open(path, _READ_FLAGS, dir_fd=dir_fd)
     except (ImportError, OSError):
         return None
     try:
@@ -207,35 +236,43 @@ def has_writer(path):
         os.close(fd)
 
 
-def link_unique(src, folder, name):
-    """Give SRC a second name in FOLDER: NAME, or NAME.1, NAME.2... if taken (never replacing a
-    file). A folder cannot be linked: it is renamed instead. Returns the name used."""
+def link_unique(src, src_dir_fd, dir_fd, name):
+    """Give SRC (relative to SRC_DIR_FD) a second name in the folder DIR_FD: NAME, or NAME.1,
+    NAME.2... if taken (never replacing a file). A folder cannot be linked: it is renamed
+    instead. Returns the name used."""
     base, n = name, 0
     while True:
-        dst = os.path.join(folder, name)
         try:
-            os.link(src, dst, follow_symlinks=False)
+            os.link(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
             return name
         except FileExistsError:
             pass
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EISDIR, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
                 raise
-            if not os.path.lexists(dst):
-                os.rename(src, dst)
+            if not lexists(name, dir_fd):
+                os.rename(src, name, src_dir_fd=src_dir_fd, dst_dir_fd=dir_fd)
                 return name
         n += 1
         name = f"{base}.{n}"
 
 
-def name_of_same_file(src, folder, name):
-    """The name (NAME, NAME.1, ... as link_unique gives them) under which FOLDER already holds
-    the very file SRC, or None: tells whether an interrupted link_unique had committed."""
-    ino = os.lstat(src).st_ino
+def lexists(name, dir_fd=None):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def name_of_same_file(src, src_dir_fd, dir_fd, name):
+    """The name (NAME, NAME.1, ... as link_unique gives them) under which the folder DIR_FD
+    already holds the very file SRC, or None: tells whether an interrupted link_unique had committed."""
+    ino = os.stat(src, dir_fd=src_dir_fd, follow_symlinks=False).st_ino
     base, n = name, 0
     while True:
         try:
-            if os.lstat(os.path.join(folder, name)).st_ino == ino:
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == ino:
                 return name
         except FileNotFoundError:
             return None  # the names are taken in order: the first free one ends the search

@@ -21,6 +21,7 @@ import sys
 import time
 from collections import deque
 
+rotation = None  # a detached pool's log rotation (pool._Rotation), called before each line; inherited by fork
 LINE_MAX = getattr(select, "PIPE_BUF", 4096)  # a write this size or less to a pipe is atomic
 QUEUE_BYTES = 64 * 1024  # lines waiting for a reader, at most; the rest are dropped and counted
 
@@ -60,6 +61,8 @@ class LogSink:
 
     def write(self, line):
         """Queue LINE (a str ending in a newline) and write what can be written now."""
+        if rotation is not None:
+            rotation()
         data = line.encode("utf-8", "replace")
         if len(data) > LINE_MAX:
             data = data[: LINE_MAX - 16] + b" [...cut]\n"

@@ -20,6 +20,7 @@ import time
 
 from queuectl.errors import QueuectlError
 from queuectl.layout import COUNTED
+from queuectl import logsink
 from queuectl.logsink import LogSink
 from queuectl import contain
 from queuectl.owners import may_act_on, who_may
@@ -234,28 +235,53 @@ def start(spool, count, burst=False, detach=False):
     spool.ensure(create=False)  # the CLI made it, or refused a missing one: never made here
     if not detach:
         return Supervisor(spool, count, burst).run()
+    log = spool.worker_log
+    try:
+        log_fd = spool.open_worker_log()  # here, so that a log we cannot use is said, not hidden
+    except OSError as e:
+        raise QueuectlError(f"cannot use the worker log {e.filename}: {e.strerror}") from None
     ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the detached supervisor: its own session, output to SPOOL/worker.log
+    if pid == 0:  # the detached supervisor: its own session, output to this user's worker log
         os.close(ready_r)
         try:
             os.setsid()
-            _redirect_output(spool.worker_log)
+            _redirect_output(log_fd)
+            cap = Watched(spool.config_path)["max-worker-log-bytes"]
+            logsink.rotation = _Rotation(spool, cap)  # inherited by the workers: each writer rotates or reopens
             code = Supervisor(spool, count, burst).run(ready_w)
         except BaseException:
             code = 1
         os._exit(code)
     os.close(ready_w)
+    os.close(log_fd)
     got = _read_n(ready_r, count, deadline=time.monotonic() + 60)
     os.close(ready_r)
     if got < count:
-        raise QueuectlError(f"only {got} of {count} workers started; see {spool.root}/worker.log")
-    print(f"queuectl: {count} worker(s) running in the background (supervisor pid {pid}); log: {spool.root}/worker.log", file=sys.stderr)
+        raise QueuectlError(f"only {got} of {count} workers started; see {log}")
+    print(f"queuectl: {count} worker(s) running in the background (supervisor pid {pid}); log: {log}", file=sys.stderr)
     return 0
 
 
-def _redirect_output(path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+class _Rotation:
+    """Before each log line of a detached pool's process: rotate the worker log once it passes
+    CAP bytes, or follow a rotation another process of the pool made (fds 1 and 2 reopened)."""
+
+    def __init__(self, spool, cap):
+        self.spool, self.cap = spool, cap
+
+    def __call__(self):
+        try:
+            fd = self.spool.rotate_worker_log(2, self.cap)
+        except OSError:
+            return  # the log as it is: a line too many beats a worker stopped by its log
+        if fd is not None:
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+
+
+def _redirect_output(fd):
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(fd, 1)

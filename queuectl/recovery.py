@@ -256,11 +256,9 @@ class Recovery:
 
     def _fold(self, wid):
         """A dead worker's counts go into the spool's totals as its heartbeat goes."""
-        from filelock import Timeout
-
         try:
             counters.fold(self.spool, wid)
-        except Timeout:
+        except TimeoutError:
             self.log(f"counters.json.lock held for over {counters.LOCK_TIMEOUT:g} s: the heartbeat of lost worker {wid} stays until the next pass")
 
     def tmp(self, now, fs_now):

@@ -6,9 +6,10 @@ atomically); writers hold config.json.lock so that two `config set` calls cannot
 
 import json
 import os
+import sys
 from collections import namedtuple
 
-from queuectl.errors import BadInput, SpoolError
+from queuectl.errors import BadInput, JobInvalid, SpoolError
 from queuectl.job import MAX_SECONDS
 
 Setting = namedtuple("Setting", "key kind default low high help low_open", defaults=(False,))
@@ -26,6 +27,7 @@ TABLE = (
     Setting("heartbeat-seconds", "seconds", 5, 0, 28800, "how often a worker refreshes its heartbeat file; at most a third of lease-seconds", True),
     Setting("max-job-bytes", "int", 1048576, 256, 1 << 28, "the largest job a writer may submit (enqueue argument or line, drop-in file)"),
     Setting("max-log-bytes", "int", 10485760, 0, 1 << 40, "output kept per attempt; the rest is dropped and noted in the log; 0: no limit"),
+    Setting("max-worker-log-bytes", "int", 10485760, 4096, 1 << 40, "size at which a detached pool's worker log is renamed to .1 (one kept) and a new one started"),
     Setting("trusted-users", "users", "", None, None, "other users whose job files workers run (comma-separated); files of anyone else are left waiting for a worker that trusts their owner"),
     Setting("completed-retention", "duration", 604800, 0, MAX_SECONDS, "completed jobs (with their logs and ids) are removed by workers this long after they finished (7d); 0: kept forever"),
     Setting("dead-retention", "duration", 7776000, 0, MAX_SECONDS, "dead jobs (with their logs and ids) are removed by workers this long after they died (90d); 0: kept forever"),
@@ -143,33 +145,38 @@ def _stderr(line):
     print(f"queuectl: warning: {line}", file=sys.stderr)
 
 
+class Ignored(SpoolError):
+    """config.json is not a regular file (a FIFO would block every reader for good): it is
+    ignored, the defaults apply, and the message says so."""
+
+
 def read_file(path, warn=_stderr):
     """The settings that were set, as a dict; {} when there is no config.json, or when it was not
     written by the spool's owner or root (then WARN(line) is told why). The owner is checked on the
-    very file read (fstat), so a file moved over config.json meanwhile cannot slip through."""
+    very file read (fstat), so a file moved over config.json meanwhile cannot slip through. Never
+    blocks: anything but a regular file raises Ignored at once."""
+    from queuectl import fsio
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        raw, st = fsio.read_regular_stat(path, 1 << 20)
     except FileNotFoundError:
         return {}
-    except OSError as e:
-        raise SpoolError(f"cannot read settings {path}: {e.strerror or e}") from None
-    try:
-        import stat
-
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SpoolError(f"cannot read settings {path}: not a regular file")
-        why = untrusted_writer(st, path)
-        if why is not None:
-            if warn is not None:
-                warn(why)
-            return {}
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = json.loads(f.read(1 << 20).decode("utf-8"))
-    except (OSError, ValueError) as e:
+    except fsio.NotRegular as e:
+        raise Ignored(
+            f"{path} is {e.describe()}, not a settings file: ignored, the defaults apply; "
+            "the spool's owner should remove it (queuectl config set writes a new one)"
+        ) from None
+    except (OSError, JobInvalid) as e:
         raise SpoolError(f"cannot read settings {path}: {e}") from None
-    finally:
-        os.close(fd)
+    why = untrusted_writer(st, path)
+    if why is not None:
+        if warn is not None:
+            warn(why)
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as e:
+        raise SpoolError(f"cannot read settings {path}: {e}") from None
     if not isinstance(data, dict):
         raise SpoolError(f"cannot read settings {path}: not a JSON object")
     return data
@@ -192,7 +199,12 @@ def effective(raw):
 
 
 def load(path, warn=_stderr):
-    return effective(read_file(path, warn))
+    try:
+        return effective(read_file(path, warn))
+    except Ignored as e:
+        if warn is not None:
+            warn(str(e))
+        return effective({})
 
 
 def get(path, key):
@@ -200,8 +212,9 @@ def get(path, key):
     return load(path)[key]
 
 
-def set_value(path, key, text):
-    """Validate, then rewrite config.json under its lock. Nothing changes on a bad key or value."""
+def set_value(path, key, text, lock=None):
+    """Validate, then rewrite config.json under its lock (LOCK: its checked path, Spool.lock_path).
+    Nothing changes on a bad key or value."""
     from queuectl.owners import check_may_configure
 
     root = os.path.dirname(path) or "."
@@ -213,18 +226,26 @@ def set_value(path, key, text):
 
     st = os.stat(root)
     owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 and st.st_uid != 0 else None  # root's edit stays the owner's
-    with FileLock(path + ".lock", timeout=10):
+    mode = 0o640 if st.st_mode & 0o070 else 0o600  # a group's spool: 0640, writable by its owner only
+    from queuectl import sysspool
+    from queuectl.spool import is_system_spool
+
+    if is_system_spool(root):
+        mode = sysspool.CONFIG_MODE  # every user's enqueue reads max-job-bytes; only root writes
+    try:
+        held = FileLock(lock or path + ".lock", timeout=10, mode=mode)
+    except TypeError:  # filelock < 3.10 has no mode: the spool made the lock with it (Spool.lock_path)
+        held = FileLock(lock or path + ".lock", timeout=10)
+    with held:
         if owner is not None:  # root's lock file must not lock the owner out of later changes
-            _give_lock(path + ".lock", owner)
-        raw = read_file(path)
+            _give_lock(lock or path + ".lock", owner)
+        try:
+            raw = read_file(path)
+        except Ignored as e:  # replaced below by a regular file
+            _stderr(str(e))
+            raw = {}
         _check_pair(key, value, effective(raw))
         raw[key] = value
-        mode = 0o660 if st.st_mode & 0o070 else 0o600  # a group's spool: 0660
-        from queuectl import sysspool
-        from queuectl.spool import is_system_spool
-
-        if is_system_spool(root):
-            mode = sysspool.CONFIG_MODE  # every user's enqueue reads max-job-bytes; only root writes
         write_atomic(path, (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode(), mode, owner=owner)
     return value
 
@@ -269,7 +290,7 @@ def _advice(x, fits):
 class Watched:
     """Settings that a long-running worker re-reads when config.json's mtime changes."""
 
-    def __init__(self, path, warn=None):
+    def __init__(self, path, warn=_stderr):
         self.path = path
         self.warn = warn  # told once per version of config.json that does not count (read_file)
         self._mtime = None

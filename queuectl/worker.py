@@ -38,7 +38,7 @@ from queuectl.recovery import Recovery
 from queuectl.results import Unsettled
 from queuectl.retention import Sweeper
 from queuectl.settings import Watched
-from queuectl.spool import TAKEN_OVER
+from queuectl.spool import TAKEN_OVER, explain
 from queuectl.stopsignals import Requests, StopSignals, descends_from, signame
 from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher, poke_on_events, stop_observer
@@ -287,7 +287,10 @@ class Worker:
 
     def check_spool(self):
         """Is pending/ still the folder we watch? Gone (removed, unmounted): say so once and wait.
-        Back, or replaced by a new folder: watch it again and rescan it."""
+        Back, or replaced by a new folder: watch it again and rescan it. A folder whose path
+        names another one now (swapped for a symlink) is said once; its handle is kept."""
+        for text in self.spool.check_folders():
+            self.log(text)
         try:
             ino = self.spool.stat("pending", ".").st_ino
         except OSError as e:
@@ -621,11 +624,9 @@ class Worker:
         """Exiting: this worker's counts go into the spool's totals as its heartbeat goes. If that
         cannot be done (the lock held too long, a fault), the heartbeat stays, with the final
         counts, and the recovery that finds this worker gone folds them."""
-        from filelock import Timeout
-
         try:
             counters.fold(self.spool, self.wid, self.all_counts())
-        except (Timeout, OSError) as e:
+        except OSError as e:  # TimeoutError (the lock held too long) among them
             self.log(f"could not add this worker's counts to counters.json ({e}); its heartbeat keeps them for recovery")
             self.heartbeat(time.monotonic(), force=True)
 
@@ -640,7 +641,7 @@ class Worker:
             return None
 
     def fault(self, action, error):
-        self.faults.report(action, error)
+        self.faults.report(action, explain(error))  # permission denied: says whose, which mode, what to do
         self._next_scan = min(self._next_scan, self.faults.hold_until)  # then look at what came meanwhile (both monotonic)
 
     def _line(self, msg):

@@ -384,10 +384,11 @@ def test_racing_enqueues_of_one_id_have_exactly_one_winner(spool):
 
 
 def _assert_spool(root):
-    assert sorted(os.listdir(root)) == FOLDERS
+    assert sorted(os.listdir(root)) == sorted(FOLDERS + ["config.json.lock"])  # the lock: made by the owner
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
     for d in FOLDERS:
         assert stat.S_IMODE(os.stat(os.path.join(root, d)).st_mode) == 0o700, d
+    assert stat.S_IMODE(os.stat(os.path.join(root, "config.json.lock")).st_mode) == 0o600
 
 
 def test_spool_option_before_the_subcommand_wins_over_the_environment(spool, tmp_path):

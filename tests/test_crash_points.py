@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import Spool as CliSpool, wait_until
+from fdpaths import named
 from queuectl import dlq, jobctl, layout, policy, procs, retention
 from queuectl import job as jobdoc
 from queuectl.recovery import Recovery
@@ -58,7 +59,7 @@ def _arm(fn_name, pred, when, nth=1):
     seen = [0]
 
     def trap(*args, **kwargs):
-        if pred(*args):
+        if pred(*named(args, kwargs)):
             seen[0] += 1
             if seen[0] == nth:
                 if when == "before":

@@ -16,6 +16,7 @@ import traceback
 import pytest
 
 from conftest import QUEUECTL
+from fdpaths import at
 from queuectl import dlq, layout, policy
 from queuectl import job as jobdoc
 from queuectl.settings import set_value
@@ -30,13 +31,13 @@ class Recorder:
     """Records the file operations on spool paths as (op, path[, path2]), paths relative to the spool."""
 
     def __init__(self, root):
-        self.root = os.path.abspath(root)
+        self.root = os.path.realpath(root)  # handles' paths (/proc/self/fd) are real paths
         self.events = []
         self.fds = {}
         self.on = True
 
-    def rel(self, path):
-        path = os.path.abspath(os.fsdecode(path))
+    def rel(self, path, dir_fd=None):
+        path = os.path.abspath(at(path, dir_fd))
         if path == self.root:
             return "."
         if path.startswith(self.root + os.sep):
@@ -52,7 +53,7 @@ class Recorder:
 
         def open_(path, flags, mode=0o777, *, dir_fd=None):
             fd = real["open"](path, flags, mode, dir_fd=dir_fd)
-            p = self.rel(path) if dir_fd is None else None
+            p = self.rel(path, dir_fd)
             self.fds.pop(fd, None)
             if p is not None:
                 self.fds[fd] = p
@@ -68,7 +69,7 @@ class Recorder:
             def fsync(fd):
                 fd = fd.fileno() if hasattr(fd, "fileno") else fd
                 real[name](fd)
-                self._add(name, self.fds.get(fd))
+                self._add(name, self.fds.get(fd) or self.rel(fd))  # a folder's handle: its path
 
             return fsync
 
@@ -80,17 +81,17 @@ class Recorder:
         def two(name):
             def op(src, dst, *args, **kwargs):
                 real[name](src, dst, *args, **kwargs)
-                self._add(name, self.rel(src), self.rel(dst))
+                self._add(name, self.rel(src, kwargs.get("src_dir_fd")), self.rel(dst, kwargs.get("dst_dir_fd")))
 
             return op
 
         def symlink(target, dst, *args, **kwargs):  # TARGET is a token, not a path
             real["symlink"](target, dst, *args, **kwargs)
-            self._add("symlink", os.fsdecode(target), self.rel(dst))
+            self._add("symlink", os.fsdecode(target), self.rel(at(dst, kwargs.get("dir_fd"))))
 
         def unlink(path, *args, **kwargs):
             real["unlink"](path, *args, **kwargs)
-            self._add("unlink", self.rel(path))
+            self._add("unlink", self.rel(path, kwargs.get("dir_fd")))
 
         for name, fn in (
             ("open", open_),
@@ -358,8 +359,9 @@ def _strace(tmp_path, root, args, stdin=None):
         if not m or int(m.group(4)) < 0:
             continue
         name, args_text = m.group(2), m.group(3)
-        if name.startswith("rename"):
-            calls.append((name, re.findall(r'"([^"]*)"', args_text)))
+        if name.startswith("rename"):  # each name relative to its folder's handle (fd<path>), or whole
+            pairs = re.findall(r'(?:\d+<([^>]*)>|AT_FDCWD), "([^"]*)"', args_text)
+            calls.append((name, [os.path.join(folder, n) if folder else n for folder, n in pairs]))
         else:
             fd_path = re.match(r"\d+<([^>]*)>", args_text)
             calls.append((name, [fd_path.group(1)] if fd_path else []))

@@ -220,8 +220,12 @@ def test_unwritable_logs_folder_keeps_the_job_pending_until_it_is_writable(spool
         wait_until(lambda: "cannot write the log of job j" in pool_log(pool), timeout=20)
         assert spool.counts()["pending"] == 1 and spool.counts()["completed"] == 0
         assert_not_spinning(worker_pids(spool))
+        # writable again: the same mount, as the workers hold logs/ open (a directory handle keeps
+        # the folder they started with; a folder mounted over later is not seen until a restart)
+        subprocess.run(["mount", "-o", "remount,rw,bind", logs], check=True)
+        spool.wait_counts(completed=1, timeout=60)
     finally:
-        subprocess.run(["umount", logs], check=True)
+        subprocess.run(["umount", "-l", logs], check=True)
     spool.wait_counts(completed=1, timeout=60)
     assert spool.run("logs", "j", check=0).stdout == "out\n"
     log = stop_pool(pool)

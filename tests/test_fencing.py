@@ -10,6 +10,7 @@ import os
 import time
 
 from conftest import wait_until
+from fdpaths import at
 from queuectl import job as jobdoc
 from queuectl import layout
 from queuectl.results import Unsettled
@@ -49,10 +50,11 @@ def test_a_fault_in_the_middle_of_a_batch_never_publishes_a_result_twice(tmp_pat
     real, renames = os.rename, []
 
     def rename(src, dst, *a, **kw):
-        if "/done/" in os.fsdecode(dst) and len([r for r in renames if "/done/" in r]) < 3:
-            renames.append(os.fsdecode(dst))
+        dst_path = at(dst, kw.get("dst_dir_fd"))
+        if "/done/" in dst_path and len([r for r in renames if "/done/" in r]) < 3:
+            renames.append(dst_path)
             raise OSError(errno.EACCES, "injected", dst)
-        renames.append(os.fsdecode(dst))
+        renames.append(dst_path)
         return real(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "rename", rename)

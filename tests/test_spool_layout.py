@@ -157,3 +157,54 @@ def test_the_documented_namespace_recipe_is_the_code_one():
     workers share its PID namespace: tests/spoolnames.py follows the document."""
     assert spoolnames.namespace() == procs.namespace()
     assert procs.worker_id().endswith(f".n{spoolnames.namespace()}")
+
+
+# -- spool.py reaches every folder through its handle ----------------------------------------------
+
+PATH_CALLS = {"rename", "replace", "link", "unlink", "remove", "rmdir", "mkdir", "makedirs", "open", "stat", "lstat", "listdir", "scandir", "utime", "chmod", "chown", "access", "symlink", "readlink"}
+PATH_TESTS = {"exists", "lexists", "isdir", "isfile", "islink", "getsize", "getmtime"}
+FSIO_PATH_CALLS = {"create", "write_file", "unlink_quiet", "read_regular", "read_regular_stat", "read_checked", "open_regular", "has_writer"}
+HANDLE_KEYWORDS = {"dir_fd", "src_dir_fd", "dst_dir_fd"}
+# the root is the user's choice, reached by its path: made (ensure), opened once (_fd), and
+# compared with its handle (check_folders); a listing reads a new open of a handle (_listdir); an
+# error's path is described for its message (explain)
+BY_PATH = {
+    "ensure": {"os.path.isdir", "os.makedirs", "os.chmod"},
+    "_fd": {"os.open"},
+    "check_folders": {"os.stat"},
+    "_listdir": {"os.listdir"},
+    "explain": {"os.lstat"},
+    # a system spool is told by its root's owner and ROOT/system, both root's (only root makes
+    # either), before any handle is opened; init --system makes the root
+    "is_system_spool": {"os.lstat"},
+    "make_system": {"os.makedirs"},
+    "scan": {"os.scandir"},  # of a new open of the folder's handle (an fd, not a path)
+}
+
+
+def _path_calls(tree):
+    """(function, call, line) of every os or fsio call in TREE that names a path without a handle."""
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if not isinstance(node, ast.Call):
+                continue
+            call = next(_calls(ast.Module(body=[ast.Expr(node)], type_ignores=[])))[0]
+            head, _, name = call.rpartition(".")
+            by_path = (head == "os" and name in PATH_CALLS) or (head == "os.path" and name in PATH_TESTS) or (head == "fsio" and name in FSIO_PATH_CALLS)
+            if head == "fsio" and name == "fsync_dir":
+                by_path = True
+            if by_path and not HANDLE_KEYWORDS & {k.arg for k in node.keywords} and call not in BY_PATH.get(fn.name, ()):
+                yield fn.name, call, node.lineno
+
+
+def test_spool_py_names_no_path_but_through_a_folder_handle():
+    with open(os.path.join(PACKAGE, "spool.py"), encoding="utf-8") as f:
+        offenders = [f"spool.py:{line}: {call} in {fn}" for fn, call, line in _path_calls(ast.parse(f.read()))]
+    assert offenders == [], "path-based calls in spool.py (use the handle primitives, _rename, _link...): " + ", ".join(offenders)
+
+
+def test_the_handle_check_can_fail():
+    tree = ast.parse("def f(self):\n    os.rename(a, b)\n    os.rename(a, b, src_dir_fd=1, dst_dir_fd=2)\n    fsio.unlink_quiet(p)\n")
+    assert [c for _, c, _ in _path_calls(tree)] == ["os.rename", "fsio.unlink_quiet"]

@@ -31,13 +31,20 @@ if RULES:
             _cache.update(mtime=mtime, rules=rules)
         return _cache["rules"]
 
-    def _path_of(arg):
+    def _path_of(arg, dir_fd=None):
+        """The path ARG names: an fd's path, or a name (relative to the folder DIR_FD if given:
+        the spool reaches its folders through handles)."""
         if isinstance(arg, int):
             try:
                 return os.readlink(f"/proc/self/fd/{arg}")
             except OSError:
                 return ""
-        return os.fsdecode(arg) if isinstance(arg, (str, bytes, os.PathLike)) else ""
+        if not isinstance(arg, (str, bytes, os.PathLike)):
+            return ""
+        path = os.fsdecode(arg)
+        if dir_fd is not None and not os.path.isabs(path):
+            path = os.path.join(_path_of(dir_fd), path)
+        return path
 
     def _wrap(name):
         real = _real[name]
@@ -46,7 +53,8 @@ if RULES:
             for code, fn, where in _rules():
                 if fn != name:
                     continue
-                paths = [_path_of(a) for a in args[:2]] if args else [""]
+                dirs = (kwargs.get("src_dir_fd", kwargs.get("dir_fd")), kwargs.get("dst_dir_fd", kwargs.get("dir_fd")))
+                paths = [_path_of(a, dirs[i]) for i, a in enumerate(args[:2])] if args else [""]
                 if not where or any(where in p for p in paths):
                     with open(RULES + ".hits", "a") as f:
                         f.write(f"{os.getpid()} {name} {paths[0]}\n")
