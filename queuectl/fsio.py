@@ -168,19 +168,25 @@ def read_regular_stat(path, max_bytes, owners=None, dir_fd=None):
     fd, st = open_regular(path, dir_fd)
     try:
         _check_owner(st, owners)  # RACE: another file may have been moved to PATH after the lstat
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+        data = _read_capped(fd, max_bytes)
     finally:
         os.close(fd)
+    return data, st
+
+
+def _read_capped(fd, max_bytes):
+    """The bytes of FD, refusing more than MAX_BYTES (a file may grow after its stat)."""
+    chunks, left = [], max_bytes + 1
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
     data = b"".join(chunks)
     if len(data) > max_bytes:
         raise JobInvalid(f"file is over the max-job-bytes limit of {max_bytes}")
-    return data, st
+    return data
 
 
 def _check_owner(st, owners):
@@ -198,18 +204,9 @@ def read_checked(path, max_bytes, check, dir_fd=None):
             result = check(st)
         except ValueError as e:
             raise JobInvalid(str(e)) from None
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 16))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+        data = _read_capped(fd, max_bytes)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > max_bytes:
-        raise JobInvalid(f"file is over the max-job-bytes limit of {max_bytes}")
     return data, result
 
 

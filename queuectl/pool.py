@@ -23,7 +23,7 @@ from queuectl.layout import COUNTED
 from queuectl import logsink
 from queuectl.logsink import LogSink
 from queuectl import contain
-from queuectl.owners import may_act_on, who_may
+from queuectl.owners import may_act_on, user_name, who_may
 from queuectl.procs import here, liveness, process_uid, split_worker_id
 from queuectl.recovery import holder_is_dead
 from queuectl.settings import Watched
@@ -330,7 +330,7 @@ class _Target:
 
     def __init__(self, spool, wid, pid, uid):
         self.spool, self.wid, self.pid = spool, wid, pid
-        self.user = _user_name(uid)
+        self.user = user_name(uid)
         self.supervisor = _live_here((spool.read_heartbeat(wid) or {}).get("supervisor"))
         self.lease = Watched(spool.config_path)["lease-seconds"]
 
@@ -357,17 +357,6 @@ def _live_here(wid):
         return split_worker_id(wid).pid if here(wid) and liveness(wid) is not False else None
     except (ValueError, TypeError):
         return None
-
-
-def _user_name(uid):
-    import pwd
-
-    if uid is None:
-        return "unknown"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _held_jobs(spool):

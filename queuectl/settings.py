@@ -140,8 +140,6 @@ def untrusted_writer(st, path):
 
 
 def _stderr(line):
-    import sys
-
     print(f"queuectl: warning: {line}", file=sys.stderr)
 
 

@@ -270,7 +270,9 @@ class Worker:
         self.guard("apply retention", self.sweeper.step, now, mono)
 
     def _after_spawn(self):
-        """Once a job has started: settle earlier results, then a retention step, while it runs."""
+        """Once a job has started: watch requests/ (queuectl cancel), settle earlier results, then
+        a retention step, while it runs."""
+        self.watch_requests()
         sooner = self.settle_if_due()
         self.retain(time.time(), time.monotonic())
         return sooner
@@ -458,10 +460,6 @@ class Worker:
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None, owner)
-
-    def _after_spawn(self):
-        self.watch_requests()
-        return self.settle_if_due()
 
     def watch_requests(self):
         """Watch requests/ (queuectl cancel), from the first job on: started once its job runs,

@@ -104,7 +104,7 @@ def test_a_member_cannot_change_the_settings_nor_slip_in_a_config_json(shared):
 def test_jobs_of_an_untrusted_owner_wait_for_a_worker_that_trusts_them(shared):
     sh = shared
     bobs = sh.b.enqueue(job(sh, "bobs"))
-    alices = sh.a.enqueue(job(sh, "alices"))
+    assert sh.a.enqueue(job(sh, "alices")) == "alices"
     drop = sh.path("tmp", "drop.json")  # bob's drop-in, written as spool_layout.md says
     sh.b.shell(f"printf '{{\"id\": \"bobdrop\", \"command\": \"id -un > {sh.mark('bobdrop')}\"}}' > {drop} && mv {drop} {sh.path('pending', 'bob-drop.json')}")
 

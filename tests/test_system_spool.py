@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import QUEUECTL, Spool, wait_until
+from conftest import Spool, wait_until
 from spoolnames import namespace
 from unixusers import UserSpool, need_root, shared_dir, users
 
