@@ -1,7 +1,8 @@
 """The worker's in-memory order of pending jobs, so that a claim never lists pending/.
 
-Fed by a full scan at start (and now and then), and by watchdog events in between. Entries are
-removed lazily: a name another worker claimed first is dropped when our rename fails.
+Fed by a full scan at start (and now and then), and by watchdog events in between. A name leaves
+the index when this worker claims it, when the pool's claim board (claimboard.py) says another
+worker of the pool did, or when our rename of it fails (a worker outside the pool won it).
 """
 
 import heapq
@@ -40,6 +41,25 @@ class DueIndex:
         for name in [n for n in self._keys if n not in names]:
             del self._keys[name]
             self._docs.pop(name, None)
+
+    def discard(self, name):
+        """Forget NAME at once: it left pending/ (another worker claimed it). Its heap entries
+        are skipped when met (lazy deletion: no heap is searched)."""
+        if self._keys.pop(name, None) is not None:
+            self._docs.pop(name, None)
+
+    def top_due(self, now, m):
+        """The keys (-priority, not_before, created_at, name) of the M best due jobs, best first,
+        all left in the index."""
+        self._promote(now)
+        out = []
+        while self._ready and len(out) < m:
+            key = heapq.heappop(self._ready)
+            if self._keys.get(key[3]) == key:
+                out.append(key)
+        for key in out:
+            heapq.heappush(self._ready, key)
+        return out
 
     def _promote(self, now):
         while self._scheduled and self._scheduled[0][0] <= now:

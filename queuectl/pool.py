@@ -40,7 +40,7 @@ STOP_TIMEOUT = 60.0  # `worker stop`: seconds the running jobs get to finish bef
 KILL_AFTER = 10.0  # `worker stop`: seconds after the second SIGTERM before SIGKILL
 
 
-def _fork_worker(spool, burst, ready_w, stats_w):
+def _fork_worker(spool, burst, ready_w, stats_w, board=None, slot=0):
     pid = os.fork()
     if pid:
         return pid
@@ -53,7 +53,8 @@ def _fork_worker(spool, burst, ready_w, stats_w):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD,))
         from queuectl.worker import Worker
 
-        code = Worker(spool, burst=burst, ready_fd=ready_w, stats_fd=stats_w, supervisor=os.getppid()).run()
+        view = board.reader(slot) if board is not None else None
+        code = Worker(spool, burst=burst, ready_fd=ready_w, stats_fd=stats_w, supervisor=os.getppid(), board=view).run()
     except BaseException as e:  # a worker must never fall back into the supervisor's code
         try:
             sys.stderr.write(f"queuectl worker {os.getpid()}: crashed: {e!r}\n")
@@ -70,6 +71,8 @@ class Supervisor:
         self.count = count
         self.burst = burst
         self.children = {}  # pid -> when it started (monotonic), while it runs
+        self.slots = {}  # pid -> its place on the claim board (claimboard.py), while it runs
+        self.board = None
         self.requests = Requests()
         self.totals = dict.fromkeys(COUNTED, 0)
         self.quick_deaths = []
@@ -125,6 +128,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.strays = contain.for_supervisor()  # subreaper workers: a dead one's job reparents to us
         self._stats_w = stats_w
+        from queuectl.claimboard import ClaimBoard
+
+        self.board = ClaimBoard(self.count) if self.count > 1 else None  # a worker alone needs no news
         for _ in range(self.count):
             self._start(child_ready_w)
         os.close(child_ready_w)
@@ -166,6 +172,7 @@ class Supervisor:
 
     def _exited(self, pid, status):
         started = self.children.pop(pid, None)
+        self.slots.pop(pid, None)  # a replacement takes its place on the board
         if self.strays and started is not None:
             contain.kill_strays(self.children)
         self._collect_stats()
@@ -173,8 +180,10 @@ class Supervisor:
             self._replace(pid, status, started)
 
     def _start(self, ready_w):
-        pid = _fork_worker(self.spool, self.burst, ready_w, self._stats_w)
+        slot = min(set(range(self.count)) - set(self.slots.values()), default=0)
+        pid = _fork_worker(self.spool, self.burst, ready_w, self._stats_w, self.board, slot)
         self.children[pid] = time.monotonic()
+        self.slots[pid] = slot
 
     def _replace(self, pid, status, started):
         now = time.monotonic()

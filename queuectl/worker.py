@@ -26,7 +26,7 @@ import time
 from collections import deque
 
 from queuectl import layout as L
-from queuectl import contain, counters, policy, runner
+from queuectl import claimboard, contain, counters, policy, runner
 from queuectl.dueindex import DueIndex
 from queuectl.errors import JobInvalid, SpoolError, Untrusted
 from queuectl.faults import Faults
@@ -96,12 +96,14 @@ class _Run:
 
 
 class Worker:
-    def __init__(self, spool, burst=False, ready_fd=None, stats_fd=None, supervisor=None):
+    def __init__(self, spool, burst=False, ready_fd=None, stats_fd=None, supervisor=None, board=None):
         self.spool = spool
         self.burst = burst
         self.ready_fd = ready_fd
         self.stats_fd = stats_fd
         self.supervisor = supervisor  # its supervisor's pid: the pool's processes cannot stop it either
+        self.board = board  # the pool's claim board (claimboard.BoardView), or None: a worker alone
+        self.claims_lost = 0  # claim renames another process won (each cost one failed rename)
         self.requests = Requests()
         self.signals = None
         self.runs = deque(maxlen=8)  # the latest jobs' runs (_Run), newest last
@@ -249,6 +251,7 @@ class Worker:
         if self._supervisor_id:
             data["supervisor"] = self._supervisor_id
         data["counts"] = self.all_counts()
+        data["claims_lost"] = self.claims_lost
         # what recovery and `status` believe of this worker: the claims it holds (a claim named
         # by no live worker's heartbeat is lost) and the owners whose jobs it runs
         data["claims"] = sorted(self.held_claims())
@@ -370,34 +373,69 @@ class Worker:
             self.log("spool resumed: running due jobs again")
 
     def claim(self, now):
-        """Win the rename of the best due job: (Claim, job, owner), or None. In a system spool the
-        claimed file is read again, and its owner taken from it (Spool.read_obeyed): what the
+        """Win the rename of a due job (see pick): (Claim, job, owner), or None. In a system spool
+        the claimed file is read again, and its owner taken from it (Spool.read_obeyed): what the
         index read earlier is not what is obeyed."""
         while True:
-            name = self.index.pop_due(now)
+            self.read_board(now)
+            name = self.pick(now)
             if name is None:
                 return None
             doc = self.index.take_doc(name)
+            self.index.discard(name)
             try:
                 claim = self.spool.take("run", name)
             except OSError as e:
                 self.fault("claim a job", e)
                 return None
             if claim is None:
+                self.claims_lost += 1
                 continue  # RACE: another worker won this one; try the next
+            if self.board is not None:
+                self.board.publish(name)
             if doc is not None and not self.spool.system:
                 return claim, doc, None
             try:
                 return (claim, *self.spool.read_obeyed(claim, read_limit(self.settings["max-job-bytes"]), self.intake.owners()))
             except Untrusted as e:  # RACE: another user's file was moved to its name meanwhile
-                self.guard("release a job", self.spool.put_back, claim)
+                self.release(claim)
                 self.intake.leave(claim.origin, e.uid)
             except JobInvalid as e:
                 self.intake.reject(claim, str(e), now)
             except OSError as e:
                 self.fault("read a claimed job", e)
-                self.guard("release a job", self.spool.put_back, claim)
+                self.release(claim)
                 return None
+
+    def pick(self, now):
+        """The name to try next: the best due job for a worker alone. Worker k of a pool of n
+        takes the (k mod m)-th best of the m <= n best due jobs of the best priority, so that
+        workers claiming at the same moment try different names instead of all renaming the
+        same one (issue 11: the herd). Priority is never passed over; within a priority, jobs
+        start in not-before-then-age order up to the pool's size."""
+        n = self.board.count if self.board is not None else 1
+        top = self.index.top_due(now, n)
+        if not top:
+            return None
+        top = [key for key in top if key[0] == top[0][0]]
+        return top[self.board.slot % len(top) if self.board is not None else 0][3]
+
+    def read_board(self, now):
+        """Forget the names the pool's other workers claimed; read again those they put back."""
+        if self.board is None:
+            return
+        for kind, name in self.board.news():
+            if kind == claimboard.CLAIMED:
+                self.index.discard(name)
+            else:
+                self.guard("read a new job", self.intake.consider, name, now)
+
+    def release(self, claim):
+        """Put a claimed job back in pending/, unchanged; the pool's workers hear of it."""
+        name = self.release(claim)
+        if name is not None and self.board is not None:
+            self.board.publish(name, claimboard.RETURNED)
+        return name
 
     def held_claims(self):
         """The names of the claims this worker holds now: the running job's and those of results
@@ -418,7 +456,7 @@ class Worker:
         seq = policy.attempt_seq(job)
         if not self.spool.logs_writable():
             self.fault(f"write the log of job {job['id']}", OSError(errno.EACCES, "logs/ is not writable"))
-            self.guard("release a job", self.spool.put_back, claim)
+            self.release(claim)
             return
         run = _Run(job["id"])
         self.runs.append(run)
@@ -443,7 +481,7 @@ class Worker:
             attempt = runner.run(spec)
         except OSError as e:  # no pipe or process to be had (EMFILE, EAGAIN): try again later
             self.fault(f"start job {job['id']}", e)
-            self.guard("release a job", self.spool.put_back, claim)
+            self.release(claim)
             return
         finally:
             run.ended = time.monotonic()
@@ -456,7 +494,7 @@ class Worker:
         else:
             self.faults.cleared()
         if attempt.interrupted:
-            self.guard("release a job", self.spool.put_back, claim)
+            self.release(claim)
             self.log(f"job {job['id']} stopped and put back in pending/ (attempt not counted)")
             return
         self.unsettled.add(claim, job, attempt, L.log_name(job["id"], seq) if attempt.log_written else None, owner)
@@ -611,9 +649,10 @@ class Worker:
         self.fold_counts()
         c = self.counts
         cancelled = f", {c['cancelled']} cancelled" if c["cancelled"] else ""  # their jobs are dead, but did not fail
-        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead{cancelled}")
+        lost = f"; {self.claims_lost} claim(s) lost to other workers" if self.claims_lost or self.board else ""
+        self.log(f"stopped: {c['completed']} completed, {c['failed']} failed, {c['dead']} dead{cancelled}{lost}")
         if self.stats_fd is not None:
-            os.write(self.stats_fd, (json.dumps(self.counts) + "\n").encode())
+            os.write(self.stats_fd, (json.dumps({**self.counts, "claims_lost": self.claims_lost}) + "\n").encode())
         if self.signals is not None and self.supervisor is None:
             self.signals.close()  # run inside another program: give it its signals back
         self.sink.close(timeout=0.5)

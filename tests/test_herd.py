@@ -1,0 +1,80 @@
+"""Issue 11, no thundering herd: the index forgets names that left pending/, the pool's workers
+hear of each other's claims (claimboard.py), and a pool loses few claim renames per job."""
+
+import os
+import re
+
+from queuectl import claimboard
+from queuectl.claimboard import CLAIMED, RETURNED, ClaimBoard
+from queuectl.dueindex import DueIndex
+
+
+def test_the_index_forgets_a_name_that_left_pending_at_once():
+    ix = DueIndex()
+    for i, name in enumerate(["a", "b", "c"]):
+        ix.add(name, 0, 100.0, f"2026-01-0{i + 1}", doc={"id": name})
+    ix.discard("a")  # another worker claimed it
+    ix.discard("zzz")  # never known: nothing happens
+    assert "a" not in ix and len(ix) == 2
+    assert ix.take_doc("a") is None
+    assert [k[3] for k in ix.top_due(200.0, 5)] == ["b", "c"]
+    assert ix.pop_due(200.0) == "b"
+    ix.discard("c")
+    assert ix.pop_due(200.0) is None and not ix.has_due(200.0) and ix.next_due() is None
+    ix.add("a", 0, 100.0, "2026-01-01")  # put back under the same name: known again
+    assert ix.pop_due(200.0) == "a"
+
+
+def test_top_due_is_best_first_and_leaves_the_names_in_the_index():
+    ix = DueIndex()
+    ix.add("low", 0, 10.0, "x")
+    ix.add("high", 5, 50.0, "x")
+    ix.add("later", 9, 500.0, "x")  # not due at 100
+    ix.add("old", 0, 5.0, "x")
+    assert [k[3] for k in ix.top_due(100.0, 3)] == ["high", "old", "low"]
+    assert [k[3] for k in ix.top_due(100.0, 2)] == ["high", "old"]
+    assert len(ix) == 4 and ix.pop_due(100.0) == "high"
+
+
+def test_the_board_tells_each_worker_the_others_claims_not_its_own():
+    board = ClaimBoard(3)
+    w0, w1, w2 = (board.reader(i) for i in range(3))
+    w0.publish("a.json")
+    w1.publish("b.json")
+    w0.publish("a.json", RETURNED)
+    assert w2.news() == [(CLAIMED, "a.json"), (RETURNED, "a.json"), (CLAIMED, "b.json")]
+    assert w2.news() == []
+    assert w0.news() == [(CLAIMED, "b.json")]
+    assert w1.news() == [(CLAIMED, "a.json"), (RETURNED, "a.json")]
+    w0.publish("x" * (claimboard.NAME_BYTES + 1))  # too long to publish: costs a failed rename at most
+    assert w1.news() == []
+
+
+def test_a_reader_a_whole_ring_behind_gets_the_latest_names_only():
+    board = ClaimBoard(2)
+    w0, w1 = board.reader(0), board.reader(1)
+    for i in range(claimboard.RING + 10):
+        w0.publish(f"j{i}")
+    got = w1.news()
+    assert got == [(CLAIMED, f"j{i}") for i in range(10, claimboard.RING + 10)]
+
+
+def _lost_claims(stderr):
+    """Each worker's count of claim renames it lost, from its last line (one per worker)."""
+    return [int(m.group(1)) for m in re.finditer(r": stopped: .*; (\d+) claim\(s\) lost to other workers", stderr)]
+
+
+def test_a_pool_of_16_loses_at_most_one_and_a_half_claims_per_job(spool, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    n = 400
+    lines = "".join(f'{{"id": "h{i:03d}", "command": "mkdir {marks}/$QUEUECTL_JOB_ID"}}\n' for i in range(n))
+    spool.run("enqueue", "-", input=lines)
+    p = spool.run("worker", "start", "--burst", "--count", "16", timeout=300)
+    assert sorted(os.listdir(marks)) == [f"h{i:03d}" for i in range(n)]  # each ran exactly once (mkdir is O_EXCL)
+    assert len(os.listdir(spool.path("done"))) == n
+    assert os.listdir(spool.path("pending")) == [] and os.listdir(spool.path("dead")) == []
+    lost = _lost_claims(p.stderr)
+    assert len(lost) == 16, p.stderr  # every worker said how many it lost
+    assert sum(lost) / n <= 1.5, f"{sum(lost)} failed claims for {n} jobs: {lost}"
+    print(f"{sum(lost)} failed claims for {n} jobs")
