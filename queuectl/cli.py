@@ -656,20 +656,22 @@ def dlq():
 
 @dlq.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of jobs.")
+@click.option("--limit", type=click.IntRange(0), help="At most this many jobs (the oldest).")
 @click.pass_context
-def dlq_list(ctx, as_json):
+def dlq_list(ctx, as_json, limit):
     """The dead jobs, oldest first.
 
     \b
     Example:
       queuectl dlq list --json
+      queuectl dlq list --limit 20
     """
     from queuectl import views
 
     from queuectl.timeutil import now
 
     t = now()
-    items = views.listing(_spool(ctx), "dead", now=t)
+    items = views.listing(_spool(ctx), "dead", limit, now=t)
     if as_json:
         _emit_json(items)
     else:

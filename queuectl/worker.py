@@ -388,11 +388,11 @@ class Worker:
             except OSError as e:
                 self.fault("claim a job", e)
                 return None
+            if self.board is not None:  # gone either way: taken by us, or by a worker outside the pool
+                self.board.publish(name)
             if claim is None:
                 self.claims_lost += 1
                 continue  # RACE: another worker won this one; try the next
-            if self.board is not None:
-                self.board.publish(name)
             if doc is not None and not self.spool.system:
                 return claim, doc, None
             try:

@@ -644,6 +644,19 @@ def test_dlq_list(populated):
     assert len(text) == 1 and "d-dead" in text[0]
 
 
+def test_dlq_list_limit_shows_the_oldest_dead_jobs(spool):
+    for i in range(3):
+        spool.enqueue({"id": f"dead-{i}", "command": "exit 1", "max_retries": 0})
+    burst(spool)
+    assert [j["id"] for j in spool.json("dlq", "list", "--json")] == ["dead-0", "dead-1", "dead-2"]
+    assert [j["id"] for j in spool.json("dlq", "list", "--limit", "2", "--json")] == ["dead-0", "dead-1"]
+    text = spool.run("dlq", "list", "--limit", "1", check=0).stdout.splitlines()
+    assert len(text) == 1 and "dead-0" in text[0]
+    assert spool.run("dlq", "list", "--limit", "0", check=0).stdout == ""
+    p = spool.run("dlq", "list", "--limit", "-1", check=2)
+    assert p.stdout == "" and "--limit" in p.stderr
+
+
 # -- logs ---------------------------------------------------------------------------------------
 
 
