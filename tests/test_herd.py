@@ -3,10 +3,13 @@ hear of each other's claims (claimboard.py), and a pool loses few claim renames 
 
 import os
 import re
+import subprocess
 
 from queuectl import claimboard
 from queuectl.claimboard import CLAIMED, RETURNED, ClaimBoard
 from queuectl.dueindex import DueIndex
+
+from conftest import QUEUECTL
 
 
 def test_the_index_forgets_a_name_that_left_pending_at_once():
@@ -78,3 +81,53 @@ def test_a_pool_of_16_loses_at_most_one_and_a_half_claims_per_job(spool, tmp_pat
     assert len(lost) == 16, p.stderr  # every worker said how many it lost
     assert sum(lost) / n <= 1.5, f"{sum(lost)} failed claims for {n} jobs: {lost}"
     print(f"{sum(lost)} failed claims for {n} jobs")
+
+
+def _pool_worker(slot, count, index):
+    from queuectl.worker import Worker
+
+    w = Worker.__new__(Worker)  # pick() needs only the board and the index
+    w.board = ClaimBoard(count).reader(slot) if count > 1 else None
+    w.index = index
+    return w
+
+
+def test_a_pool_spreads_its_workers_within_the_best_priority_only():
+    ix = DueIndex()
+    for i in range(5):
+        ix.add(f"p0-{i}", 0, 10.0 + i, "x")
+    ix.add("p5-a", 5, 20.0, "x")
+    ix.add("p5-b", 5, 30.0, "x")
+    assert _pool_worker(0, 1, ix).pick(100.0) == "p5-a"  # alone: the best
+    # worker k of 4 takes the (k mod 2)-th of the two due jobs of priority 5, never one of priority 0
+    assert [_pool_worker(k, 4, ix).pick(100.0) for k in range(4)] == ["p5-a", "p5-b", "p5-a", "p5-b"]
+    ix.discard("p5-a")
+    ix.discard("p5-b")
+    assert [_pool_worker(k, 3, ix).pick(100.0) for k in range(3)] == ["p0-0", "p0-1", "p0-2"]
+    later = DueIndex()
+    later.add("soon", 0, 10.0, "x")
+    assert _pool_worker(2, 3, later).pick(5.0) is None  # nothing due yet
+
+
+def test_two_pools_and_a_lone_worker_run_each_job_exactly_once(spool, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    n = 300
+    # every third job fails its first attempt: its retry comes back to pending/ under a new name
+    lines = "".join(
+        f'{{"id": "t{i:03d}", "command": "mkdir {marks}/$QUEUECTL_JOB_ID.$QUEUECTL_ATTEMPT && [ $QUEUECTL_ATTEMPT -gt {1 if i % 3 == 0 else 0} ]", "max_retries": 1}}\n'
+        for i in range(n)
+    )
+    spool.run("config", "set", "backoff-max", "0", check=0)
+    spool.run("enqueue", "-", input=lines, check=0)
+    procs = [
+        subprocess.Popen([QUEUECTL, "worker", "start", "--burst", "--count", c], env=spool.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c in ("8", "8", "1")
+    ]
+    spool.procs.extend(procs)  # stopped at teardown if a wait below fails
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    want = sorted(f"t{i:03d}.{a}" for i in range(n) for a in ((1, 2) if i % 3 == 0 else (1,)))
+    assert sorted(os.listdir(marks)) == want  # each attempt ran once (mkdir is O_EXCL)
+    assert len(os.listdir(spool.path("done"))) == n
+    assert os.listdir(spool.path("pending")) == [] and os.listdir(spool.path("dead")) == []
