@@ -136,6 +136,34 @@ def bench_herd(b, n, counts=(8, 16, 32, 64)):
     }
 
 
+def idle_burst_case(b, waiting, seconds=5.0, count=2):
+    """CPU seconds of `worker start --burst --count COUNT` while one worker runs `sleep SECONDS`
+    and the others idle (WAITING jobs scheduled later): an idle burst worker waits for the running
+    job's end, and should cost almost nothing meanwhile."""
+    d = b.new_dir(f"idle{waiting}")
+    try:
+        spool = _spool_with_waiting(b, d, waiting) if waiting else os.path.join(d, "spool")
+        if not waiting:
+            b.run_qc(spool, "init")
+        b.run_qc(spool, "enqueue", json.dumps({"id": "the-long-one", "command": f"sleep {seconds}"}))
+        cpu0 = R.children_cpu()
+        t0 = time.perf_counter()
+        p = b.popen(b.qc(spool, "worker", "start", "--burst", "--count", str(count)), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p.wait(timeout=300 + seconds)
+        b.procs.remove(p)
+        return {"waiting": waiting, "count": count, "wall_s": time.perf_counter() - t0, "cpu_s": R.children_cpu() - cpu0}
+    finally:
+        b.cleanup(d)
+
+
+def bench_idle(b, waiting, seconds=5.0):
+    log = R.log
+    log(f"scale/idle: --burst --count 2, one runs sleep {seconds}, the other idles, {waiting} waiting ...")
+    r = idle_burst_case(b, waiting, seconds)
+    log(f"  {r['cpu_s']:.2f} s CPU in {r['wall_s']:.1f} s")
+    return r
+
+
 def _timed(b, spool, *args, runs=3):
     times = []
     for _ in range(runs):

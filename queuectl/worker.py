@@ -432,7 +432,7 @@ class Worker:
 
     def release(self, claim):
         """Put a claimed job back in pending/, unchanged; the pool's workers hear of it."""
-        name = self.release(claim)
+        name = self.guard("release a job", self.spool.put_back, claim)
         if name is not None and self.board is not None:
             self.board.publish(name, claimboard.RETURNED)
         return name
@@ -581,12 +581,21 @@ class Worker:
         """--burst: nothing due and nothing running anywhere in the spool that this worker could
         run (a retry of a job running elsewhere): jobs of owners it does not trust are not its
         work. A paused spool has nothing due: its waiting jobs are left for after `queuectl resume`."""
-        if self.unsettled:
+        if self.unsettled or self._due(now):
             return False
+        if self._running_elsewhere():
+            return False  # its retry may come: meanwhile the watched index tells what arrives
+        # a full listing of pending/ only once nothing runs: the last look before leaving (an idle
+        # worker polling every 50 ms must not read a big pending/ each time: issue 11)
         self.intake.scan(now)
-        if self.may_claim(now) or (self.index.has_due(now) and not self.paused):
-            return False  # due (or a pause that cannot be read: not known to be paused)
-        return not any(c.op == "run" and self._trusted_claim(c) for c in self.spool.claims())
+        return not self._due(now) and not self._running_elsewhere()
+
+    def _running_elsewhere(self):
+        return any(c.op == "run" and self._trusted_claim(c) for c in self.spool.claims())
+
+    def _due(self, now):
+        """A job is due (or a pause that cannot be read: not known to be paused)."""
+        return self.may_claim(now) or (self.index.has_due(now) and not self.paused)
 
     def _trusted_claim(self, claim):
         try:
