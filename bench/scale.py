@@ -222,6 +222,7 @@ def bench_scale(b, quick):
         "startup": bench_startup(b, big, small, counts=(1,) if quick else (1, 4), runs=1 if quick else 3),
         "herd": bench_herd(b, 400 if quick else 2000, counts=(8, 32) if quick else (8, 16, 32, 64)),
         "views": bench_views(b, big, small, runs=1 if quick else 3),
+        "idle": bench_idle(b, 2000 if quick else 20000, seconds=2.0 if quick else 5.0),
     }
 
 
@@ -237,6 +238,9 @@ def rows(s):
         fr = r.get("failed_renames_per_job")
         out.append((f"11 herd: {r['n']} x sleep 0.05, {r['workers']} workers", f"{r['rate']:.0f} jobs/s, {r['cpu_ms_per_job']:.2f} ms CPU/job", f"failed renames/job {fr:.2f}" if fr is not None else "-", "-", "<= 1 failed/job", R.yesno(fr is not None and fr <= 1)))
     out.append(("11 herd: CPU per job, most workers against 8", "-", "-", f"{h['cpu_ratio_max_vs_first']:.2f}x", "<= 1.2x", R.yesno(h["cpu_ratio_max_vs_first"] <= 1.2)))
+    i = s.get("idle")
+    if i:
+        out.append((f"11 idle --burst worker beside a running job, {i['waiting']} waiting", f"{i['cpu_s']:.2f} s CPU (both workers)", f"{i['wall_s']:.1f} s wall", "-", "almost none", "-"))
     v = s["views"]
     for k, label in (("list", f"`list --limit 20`, N completed"), ("status", "`status`, N pending"), ("dlq", "`dlq list`, N dead")):
         out.append((f"11 {label}: {v['big']} against {v['small']}", f"{v[k]['big_s'] * 1000:.0f} ms", f"{v[k]['small_s'] * 1000:.0f} ms", f"{v[k]['ratio']:.2f}x", "<= 2x", R.yesno(v[k]["ratio"] <= 2)))
