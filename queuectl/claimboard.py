@@ -69,12 +69,14 @@ class BoardView:
             seen = self._seen[i]
             if seq == seen:
                 continue
-            first = max(seen, seq - RING)
-            for s in range(first, seq):
+            got = []
+            for s in range(max(seen, seq - RING + 1), seq):  # seq - RING's slot is the one written next
                 at = base + _SEQ.size + (s % RING) * _ENTRY
                 n = mem[at + 1]
-                out.append((mem[at], bytes(mem[at + 2:at + 2 + n]).decode("utf-8", "surrogateescape")))
-            if _SEQ.unpack_from(mem, base)[0] - first > RING:  # lapped while we read: the oldest may be torn
-                del out[len(out) - (seq - first):]
+                got.append((s, mem[at], bytes(mem[at + 2:at + 2 + n]).decode("utf-8", "surrogateescape")))
+            # entry S is rewritten by the write of S + RING, begun once seq reached S + RING: such an
+            # entry may be torn, so it is not believed (names missed cost a failed rename, no more)
+            now_seq = _SEQ.unpack_from(mem, base)[0]
+            out.extend((kind, name) for s, kind, name in got if s + RING > now_seq)
             self._seen[i] = seq
         return out
