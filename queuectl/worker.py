@@ -44,7 +44,6 @@ from queuectl.timeutil import iso
 from queuectl.watch import PendingWatcher, poke_on_events, stop_observer
 
 RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify event be lost
-POLL_SECONDS = 1.0  # full listing of pending/ when it cannot be watched (no inotify instance left)
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 PAUSE_CHECK = 0.2  # seconds between looks for SPOOL/paused while paused with jobs due (resume)
 WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
@@ -123,7 +122,6 @@ class Worker:
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
         self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
         self._supervisor_id = None
-        self._watch_failed = False  # pending/ could not be watched: polled, and watched again later
         self.paused = False  # SPOOL/paused was there at the last look (queuectl pause)
         self._watch_at = self._next_heartbeat = self._next_recovery = self._next_scan = self._next_settings_check = 0.0
 
@@ -318,29 +316,17 @@ class Worker:
         """Start watching pending/ (watchdog) WATCH_DELAY seconds after the start, or at the first
         idle moment if sooner, then rescan once: files that came meanwhile are not missed, and a
         worker starts its first jobs without waiting for watchdog. True if it started now."""
-        if self.watcher is not None or mono < self._watch_at:
-            if self.watcher is not None or not idle or self._watch_failed:
-                return False
-        watcher = PendingWatcher(self.spool.folder_path("pending"))
-        try:
-            watcher.start()
-        except OSError as e:  # no inotify instance left (max_user_instances: 128 by default, 2 per worker)
-            watcher.stop()
-            if not self._watch_failed:
-                self.log(f"cannot watch pending/ ({e}): looking at it every {POLL_SECONDS:g} s instead, and trying again in {RESCAN_SECONDS} s")
-            self._watch_failed = True
-            self._watch_at = mono + RESCAN_SECONDS
-            self._next_scan = min(self._next_scan, mono + POLL_SECONDS)
+        if self.watcher is not None or (mono < self._watch_at and not idle):
             return False
-        self.watcher = watcher
-        self._watch_failed = False
+        self.watcher = PendingWatcher(self.spool.folder_path("pending"))
+        self.watcher.start()
         runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
         self._next_scan = 0.0
         return True
 
     def intake_events(self, now, mono):
         if mono >= self._next_scan or now >= self.intake.recheck_at:
-            self._next_scan = mono + (POLL_SECONDS if self._watch_failed else RESCAN_SECONDS)
+            self._next_scan = mono + RESCAN_SECONDS
             self.intake.recheck_at = float("inf")
             if self.watcher is not None:
                 self.watcher.drain()

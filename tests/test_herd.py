@@ -136,30 +136,3 @@ def test_two_pools_and_a_lone_worker_run_each_job_exactly_once(spool, tmp_path):
     assert sorted(os.listdir(marks)) == want  # each attempt ran once (mkdir is O_EXCL)
     assert len(os.listdir(spool.path("done"))) == n
     assert os.listdir(spool.path("pending")) == [] and os.listdir(spool.path("dead")) == []
-
-
-def test_a_worker_without_an_inotify_instance_polls_pending_instead_of_crashing(monkeypatch):
-    import errno
-
-    from queuectl import worker as workermod
-
-    class NoInotify:
-        def __init__(self, folder):
-            self.stopped = False
-
-        def start(self):
-            raise OSError(errno.EMFILE, "inotify instance limit reached")
-
-        def stop(self):
-            self.stopped = True
-
-    monkeypatch.setattr(workermod, "PendingWatcher", NoInotify)
-    w = workermod.Worker.__new__(workermod.Worker)
-    said = []
-    w.log, w.watcher, w._watch_at, w._watch_failed, w._next_scan = said.append, None, 0.0, False, 500.0
-    w.spool = type("S", (), {"folder_path": lambda self, f: "/nowhere/" + f})()
-    assert w.start_watching(100.0, idle=True) is False
-    assert w.watcher is None and w._watch_failed
-    assert w._next_scan == 100.0 + workermod.POLL_SECONDS  # looked at again soon, not in a minute
-    assert w.start_watching(101.0, idle=True) is False and len(said) == 1  # said once; retried later
-    assert "cannot watch pending/" in said[0]
