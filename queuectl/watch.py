@@ -165,15 +165,25 @@ class FolderEvents:
                     events._changed.add(self.folder)
                 events._event.set()
 
-        self._observer = Observer()
-        for folder in self.folders:
-            self._observer.schedule(Handler(folder), folder, recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
+        try:
+            self._observer = Observer()  # its inotify instance is made here (watchdog >= 5)
+            for folder in self.folders:
+                self._observer.schedule(Handler(folder), folder, recursive=False)
+            self._observer.daemon = True
+            self._observer.start()
+        except OSError:  # no inotify instance to be had (fs.inotify.max_user_instances): look often
+            _stop_observer(self._observer)
+            self._observer, self.polling = None, True
         return self
+
+    polling = False  # no events: wait() returns every POLL_SECONDS, as if every folder changed
+    POLL_SECONDS = 0.25
 
     def wait(self, timeout):
         """Block until an event or TIMEOUT seconds; the set of folders that changed (maybe empty)."""
+        if self.polling:
+            self._event.wait(min(timeout, self.POLL_SECONDS))
+            return set(self.folders)
         self._event.wait(timeout)
         with self._lock:
             self._event.clear()

@@ -47,6 +47,8 @@ RESCAN_SECONDS = 60  # full listing of pending/, a safety net should an inotify 
 SETTINGS_CHECK = 0.2  # seconds between looks at config.json's mtime
 PAUSE_CHECK = 0.2  # seconds between looks for SPOOL/paused while paused with jobs due (resume)
 WATCH_DELAY = 0.5  # seconds after its start (or less: its first idle moment) a worker starts watching
+POLL_SECONDS = 1.0  # without a watch (no inotify instance to be had): pending/ listed this often
+WATCH_RETRY = 60.0  # ... and the watch tried again this often
 STOP_SETTLE = 3.0  # seconds a stopping worker keeps trying to store finished results on a faulty disk
 JOB_SLACK = 1.0  # seconds after its job ended that a stop signal from a vanished sender is still the job's
 PID_SLACK = 60.0  # seconds after its job ended that a stop signal from the job's pid is still the job's
@@ -120,6 +122,7 @@ class Worker:
         self.recovery = Recovery(spool, self.settings, self.log, held=self.held_claims, owners=self.intake.owners)
         self.sweeper = Sweeper(spool, self.settings, self.log)  # retention, a step at a time
         self.watcher = None  # started by start_watching(): first jobs need not wait for watchdog
+        self._polling = False  # no watch could be had: pending/ is listed every POLL_SECONDS
         self.wid = self.wake_r = self.wake_w = self.started_at = self.base_env = self._pending_ino = self.contain = None
         self._supervisor_id = None
         self.paused = False  # SPOOL/paused was there at the last look (queuectl pause)
@@ -316,17 +319,31 @@ class Worker:
         """Start watching pending/ (watchdog) WATCH_DELAY seconds after the start, or at the first
         idle moment if sooner, then rescan once: files that came meanwhile are not missed, and a
         worker starts its first jobs without waiting for watchdog. True if it started now."""
-        if self.watcher is not None or (mono < self._watch_at and not idle):
+        if self.watcher is not None or mono < self._watch_at and (not idle or self._polling):
             return False
-        self.watcher = PendingWatcher(self.spool.folder_path("pending"))
-        self.watcher.start()
+        watcher = PendingWatcher(self.spool.folder_path("pending"))
+        try:
+            watcher.start()
+        except OSError as e:  # no inotify instance left (fs.inotify.max_user_instances), say: poll
+            watcher.stop()
+            if not self._polling:
+                self.log(f"cannot watch pending/ ({e.strerror or e}): listing it every {POLL_SECONDS:g} s instead, "
+                         f"and trying to watch it again every {WATCH_RETRY:g} s (raise fs.inotify.max_user_instances)")
+            self._polling = True
+            self._watch_at = mono + WATCH_RETRY
+            self._next_scan = min(self._next_scan, mono + POLL_SECONDS)
+            return False
+        if self._polling:
+            self.log("watching pending/ again")
+            self._polling = False
+        self.watcher = watcher
         runner.seal_inherited_fds()  # watchdog's inotify fd must not leak into jobs
         self._next_scan = 0.0
         return True
 
     def intake_events(self, now, mono):
         if mono >= self._next_scan or now >= self.intake.recheck_at:
-            self._next_scan = mono + RESCAN_SECONDS
+            self._next_scan = mono + (POLL_SECONDS if self._polling else RESCAN_SECONDS)
             self.intake.recheck_at = float("inf")
             if self.watcher is not None:
                 self.watcher.drain()

@@ -34,9 +34,10 @@ def test_a_pool_whose_log_passes_the_cap_leaves_two_files_of_bounded_size(spool)
     for name in ("worker.log.1", "worker.log"):
         with open(spool.path(name)) as f:
             text += f.read()
-    # every process's last lines are in the files kept, none in an old file that was replaced: each
-    # followed the rotations
-    assert len([line for line in text.splitlines() if ": stopped: " in line]) == 2, text
+    # the processes followed the rotations: the last lines are in the files kept. (Not every line
+    # is: a process that looked at the log just before another rotated it writes its line into
+    # NAME.1, which a rotation after that drops. A capped log keeps the latest lines, not all.)
+    assert 1 <= len([line for line in text.splitlines() if ": stopped: " in line]) <= 2, text
     assert "workers stopped: 240 completed" in text.splitlines()[-1], text
     assert first != sizes  # rotated again since: the second batch was logged too
 

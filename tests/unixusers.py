@@ -138,7 +138,11 @@ class UserSpool:
         self.procs = []
 
     def argv(self, *args):
-        return ["sh", "-c", f'umask {self.umask:03o} && exec "$@"', "sh", *as_user(self.user, [QUEUECTL, *args])]
+        return self.argv_of([QUEUECTL, *args])
+
+    def argv_of(self, argv):
+        """ARGV (any program) run as USER, with the spool's umask."""
+        return ["sh", "-c", f'umask {self.umask:03o} && exec "$@"', "sh", *as_user(self.user, argv)]
 
     def run(self, *args, input=None, check=None, timeout=60):
         p = subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, env=self.env, timeout=timeout)
