@@ -230,3 +230,22 @@ def test_every_spool_folder_has_its_system_spool_mode():
     from queuectl import layout, sysspool
 
     assert set(sysspool.FOLDER_MODES) == set(layout.FOLDERS)
+
+
+def test_another_users_request_does_not_cancel_a_running_job(system):
+    """Every user may write into a system spool's requests/; a request counts only if the job's
+    owner (or root) made it (Spool.requested): bob cannot stop alice's running job."""
+    with users(2) as (names, _):
+        alice, bob = names
+        marker = os.path.join(shared_dir(owner=alice), "started")
+        _as(system, alice).enqueue({"id": "a-run", "command": f"touch {marker}; sleep 30", "max_retries": 0})
+        system.start_workers()
+        wait_until(lambda: os.path.exists(marker), timeout=20, message="alice's job never started")
+        p = _as(system, bob).run("cancel", "a-run", "--timeout", "3s")
+        assert p.returncode == 1 and "still running" in p.stderr, p.stderr
+        assert os.lstat(system.path("requests", "a-run.cancel")).st_uid == pwd.getpwnam(bob).pw_uid
+        assert any("_a-run@" in n for n in system.ls("processing")), system.ls("processing")
+        assert system.ls("dead") == [] and system.ls("done") == []
+        os.unlink(system.path("requests", "a-run.cancel"))  # root clears the squatted name
+        p = _as(system, alice).run("cancel", "a-run", "--timeout", "20s")
+        assert (p.returncode, p.stdout) == (0, "a-run: cancelled: its running attempt was stopped\n"), p.stderr
